@@ -1,0 +1,42 @@
+# embedtag: `make demo` and `make test` are all a fresh machine needs (each creates .venv through `make venv`).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# torch first and pinned: on these machines this is the CPU wheel on disk; a bare `torch` would pull a CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+# Real assets beside the checkout (weights and audio are never copied into the repo).
+SHARED ?= $(abspath ../shared)
+ifneq ($(wildcard $(SHARED)/models),)
+export EMBEDTAG_WEIGHTS_DIR ?= $(SHARED)/models
+endif
+DATA ?=
+MODEL ?= yamnet
+OUT ?= demo_out
+
+.PHONY: venv demo test bench clean help
+
+help:
+	@echo "make demo [DATA=dir] [MODEL=yamnet]   extract real audio end to end (creates .venv)"
+	@echo "make test                              run the test suite (creates .venv)"
+	@echo "make bench                             regenerate benchmarks/results and benchmarks/README.md"
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+test: venv
+	$(BIN)/python -m pytest -q
+
+demo: venv
+	@$(BIN)/python -m embedtag.demo --data "$(DATA)" --model "$(MODEL)" --out "$(OUT)" --shared "$(SHARED)"
+
+bench: venv
+	$(BIN)/python -m benchmarks.run_all
+
+clean:
+	rm -rf $(OUT) .pytest_cache

@@ -1,0 +1,1 @@
+"""Audio -> embeddings: the audio front end, the weights manager, the backbones and the extraction pipeline."""

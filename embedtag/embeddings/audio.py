@@ -1,0 +1,190 @@
+"""Audio front end: decode, mix to mono, resample, cut into windows.
+
+Small pure functions in the spirit of soundfile / soxr: samples are float32 in [-1, 1], rates are in Hz and
+durations carry their unit (``duration_s``). Every failure raises :class:`~embedtag.errors.AudioError`, whose
+message names the file and the reason, so a batch job can record it and carry on.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from embedtag.errors import AudioError
+
+#: Extensions decoded through libsndfile (MP3 needs libsndfile >= 1.1, which the soundfile wheels bundle).
+AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au", ".w64"})
+
+#: Files longer than this are refused unless the caller raises the limit: a 3-hour file is usually a mistake.
+DEFAULT_MAX_DURATION_S = 3 * 3600.0
+
+#: soxr quality: "HQ" is transparent for embedding work and several times faster than "VHQ".
+RESAMPLE_QUALITY = "HQ"
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """What the file header says, before decoding."""
+
+    path: str
+    sample_rate: int
+    channels: int
+    frames: int
+    format: str
+    subtype: str
+
+    @property
+    def duration_s(self) -> float:
+        return self.frames / self.sample_rate if self.sample_rate else 0.0
+
+
+def is_audio_path(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() in AUDIO_EXTENSIONS
+
+
+def audio_info(path: str | os.PathLike) -> AudioInfo:
+    """Read the header of ``path``; raise AudioError if it is not decodable audio."""
+    p = Path(path)
+    if not p.exists():
+        raise AudioError(p, "file not found")
+    if p.is_dir():
+        raise AudioError(p, "is a directory, not an audio file")
+    if p.suffix.lower() not in AUDIO_EXTENSIONS:
+        raise AudioError(p, f"unsupported file type {p.suffix or '(no extension)'!r}; "
+                            f"expected one of {', '.join(sorted(AUDIO_EXTENSIONS))}")
+    if p.stat().st_size == 0:
+        raise AudioError(p, "empty file (0 bytes)")
+    try:
+        info = sf.info(str(p))
+    except Exception as exc:  # libsndfile's messages are terse; keep them but say what it means
+        raise AudioError(p, f"cannot decode (corrupt or unsupported audio): {_short(exc)}") from None
+    if info.frames <= 0 or info.samplerate <= 0:
+        raise AudioError(p, "contains no audio samples")
+    return AudioInfo(str(p), int(info.samplerate), int(info.channels), int(info.frames), info.format, info.subtype)
+
+
+def to_mono(samples: np.ndarray) -> np.ndarray:
+    """(frames,) or (frames, channels) -> (frames,) float32, channels averaged."""
+    if samples.ndim == 1:
+        return samples.astype(np.float32, copy=False)
+    return samples.mean(axis=1, dtype=np.float32)
+
+
+def resample(samples: np.ndarray, sample_rate: int, target_rate: int) -> np.ndarray:
+    """Resample a mono float32 signal with soxr (no-op when the rates agree)."""
+    if sample_rate == target_rate:
+        return samples.astype(np.float32, copy=False)
+    return soxr.resample(samples, sample_rate, target_rate, quality=RESAMPLE_QUALITY).astype(np.float32, copy=False)
+
+
+def load_audio(
+    path: str | os.PathLike,
+    sample_rate: int | None = None,
+    *,
+    max_duration_s: float | None = DEFAULT_MAX_DURATION_S,
+) -> tuple[np.ndarray, int]:
+    """Decode ``path`` to mono float32, resampled to ``sample_rate`` (None keeps the file's rate).
+
+    Returns ``(samples, sample_rate)``. Raises AudioError naming the file on any problem.
+    """
+    info = audio_info(path)
+    _check_duration(info, max_duration_s)
+    try:
+        data, sr = sf.read(info.path, dtype="float32", always_2d=False)
+    except Exception as exc:
+        raise AudioError(path, f"cannot decode (corrupt or truncated audio): {_short(exc)}") from None
+    mono = to_mono(np.asarray(data))
+    if mono.size == 0:
+        raise AudioError(path, "contains no audio samples")
+    _check_finite(path, mono)
+    target = sample_rate or sr
+    return resample(mono, sr, target), target
+
+
+def iter_windows(
+    path: str | os.PathLike,
+    sample_rate: int,
+    window_s: float,
+    *,
+    max_duration_s: float | None = DEFAULT_MAX_DURATION_S,
+) -> Iterator[np.ndarray]:
+    """Stream ``path`` as consecutive windows of ``window_s`` seconds at ``sample_rate`` (the last may be shorter).
+
+    Decoding and resampling run block by block, so memory is bounded by the window, not by the file.
+    """
+    info = audio_info(path)
+    _check_duration(info, max_duration_s)
+    window = max(1, int(round(window_s * sample_rate)))
+    block_frames = max(4096, int(math.ceil(window_s * info.sample_rate)))
+    stream = None if info.sample_rate == sample_rate else soxr.ResampleStream(
+        info.sample_rate, sample_rate, 1, dtype="float32", quality=RESAMPLE_QUALITY)
+    pending: list[np.ndarray] = []
+    pending_n = 0
+    got_any = False
+    try:
+        with sf.SoundFile(info.path) as f:
+            while True:
+                block = f.read(block_frames, dtype="float32", always_2d=True)
+                last = block.shape[0] < block_frames
+                mono = block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0]
+                if mono.size:
+                    _check_finite(path, mono)
+                out = mono if stream is None else stream.resample_chunk(mono, last=last)
+                if out.size:
+                    got_any = True
+                    pending.append(out)
+                    pending_n += out.size
+                while pending_n >= window:
+                    buf = np.concatenate(pending) if len(pending) > 1 else pending[0]
+                    yield buf[:window]
+                    rest = buf[window:]
+                    pending, pending_n = ([rest] if rest.size else []), rest.size
+                if last:
+                    break
+    except AudioError:
+        raise
+    except Exception as exc:
+        raise AudioError(path, f"cannot decode (corrupt or truncated audio): {_short(exc)}") from None
+    if pending_n:
+        yield np.concatenate(pending) if len(pending) > 1 else pending[0]
+    elif not got_any:
+        raise AudioError(path, "contains no audio samples")
+
+
+def pad_to(samples: np.ndarray, n_samples: int) -> np.ndarray:
+    """Right-pad with zeros to at least ``n_samples``."""
+    if samples.size >= n_samples:
+        return samples
+    return np.pad(samples, (0, n_samples - samples.size))
+
+
+def peak_and_rms_dbfs(samples: np.ndarray) -> tuple[float, float]:
+    """Peak absolute amplitude and RMS level in dBFS (-inf for digital silence)."""
+    if samples.size == 0:
+        return 0.0, float("-inf")
+    peak = float(np.max(np.abs(samples)))
+    rms = float(np.sqrt(np.mean(np.square(samples, dtype=np.float64))))
+    return peak, (20.0 * math.log10(rms) if rms > 0 else float("-inf"))
+
+
+def _check_duration(info: AudioInfo, max_duration_s: float | None) -> None:
+    if max_duration_s is not None and info.duration_s > max_duration_s:
+        raise AudioError(info.path, f"too long: {info.duration_s:.0f} s > max_duration_s={max_duration_s:.0f} s "
+                                    "(raise --max-duration-s to accept it)")
+
+
+def _check_finite(path, samples: np.ndarray) -> None:
+    if not np.isfinite(samples).all():
+        raise AudioError(path, "contains NaN or infinite samples")
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[-1] if text else type(exc).__name__)[:200]

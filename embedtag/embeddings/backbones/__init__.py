@@ -1,0 +1,1 @@
+"""Backbone implementations; import them through ``embedtag.embeddings.registry``."""

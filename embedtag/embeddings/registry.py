@@ -1,0 +1,121 @@
+"""Backbones by name: what exists, what its weights are, and loading one.
+
+``list_backbones()`` is cheap (no model import); ``load_backbone(name)`` imports the framework it needs.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import os
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+
+from embedtag.embeddings.weights import WeightFile, find
+from embedtag.errors import EmbedtagError
+
+ZENODO_PANNS = "https://zenodo.org/record/3987831/files/"
+
+# sha256 of the files of the TF Hub google/yamnet/1 module, checked after unpacking the download.
+_YAMNET_FILES = {
+    "saved_model.pb": "5ccd21065394c76cc843ed78fd4809f23959c227c02eacdee9520d95dc3070db",
+    "variables/variables.data-00000-of-00001": "6ac2e57a8feb68ba9fbc93248ed2d7f2ec8940a95de07a5131d1bc39c6ffbe31",
+    "variables/variables.index": "c9bc1a49cb27698c69d7d603187938a83c389b7d5e5fcdec1771153d20eb2562",
+}
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    name: str
+    family: str
+    #: "module:Class" of the implementation
+    impl: str
+    embedding_dim: int
+    sample_rate: int
+    n_classes: int
+    weights: WeightFile
+    description: str
+    #: pip extra that provides the framework
+    extra: str
+    options: dict = field(default_factory=dict)
+
+    def weights_present(self) -> bool:
+        return find(self.weights) is not None
+
+
+_SPECS: dict[str, BackboneSpec] = {}
+
+
+def register(spec: BackboneSpec) -> BackboneSpec:
+    """Add a backbone (third-party code may register its own)."""
+    _SPECS[spec.name] = spec
+    return spec
+
+
+register(BackboneSpec(
+    name="panns-cnn14", family="panns", impl="embedtag.embeddings.backbones.panns:PannsBackbone",
+    embedding_dim=2048, sample_rate=32000, n_classes=527,
+    weights=WeightFile("panns", "Cnn14_mAP=0.431.pth", ZENODO_PANNS + "Cnn14_mAP%3D0.431.pth?download=1",
+                       checksum="md5:541141fa2ee191a88f24a3219fff024e"),
+    description="PANNs Cnn14 (AudioSet mAP 0.431), 32 kHz log-mel CNN", extra="panns",
+    options={"arch": "Cnn14"}))
+register(BackboneSpec(
+    name="panns-cnn14-dlm", family="panns", impl="embedtag.embeddings.backbones.panns:PannsBackbone",
+    embedding_dim=2048, sample_rate=32000, n_classes=527,
+    weights=WeightFile("panns", "Cnn14_DecisionLevelMax_mAP=0.385.pth",
+                       ZENODO_PANNS + "Cnn14_DecisionLevelMax_mAP%3D0.385.pth?download=1"),
+    description="PANNs Cnn14_DecisionLevelMax (mAP 0.385), frame-wise outputs", extra="panns",
+    options={"arch": "Cnn14_DecisionLevelMax"}))
+register(BackboneSpec(
+    name="yamnet", family="yamnet", impl="embedtag.embeddings.backbones.yamnet:YamnetSavedModel",
+    embedding_dim=1024, sample_rate=16000, n_classes=521,
+    weights=WeightFile("yamnet", "saved_model", "https://tfhub.dev/google/yamnet/1?tf-hub-format=compressed",
+                       archive="tar.gz", files_sha256=_YAMNET_FILES),
+    description="YAMNet (TF Hub SavedModel), 16 kHz MobileNet-v1, 0.96 s patches", extra="yamnet"))
+register(BackboneSpec(
+    name="yamnet-lite", family="yamnet", impl="embedtag.embeddings.backbones.yamnet:YamnetLite",
+    embedding_dim=1024, sample_rate=16000, n_classes=521,
+    weights=WeightFile("yamnet", "yamnet.tflite",
+                       "https://tfhub.dev/google/lite-model/yamnet/tflite/1?lite-format=tflite"),
+    description="YAMNet as a TFLite file (ai-edge-litert; no TensorFlow needed)", extra="lite"))
+
+
+def list_backbones() -> list[BackboneSpec]:
+    return list(_SPECS.values())
+
+
+def get_spec(name: str) -> BackboneSpec:
+    try:
+        return _SPECS[name]
+    except KeyError:
+        raise EmbedtagError(f"unknown backbone {name!r}; available: {', '.join(_SPECS)}") from None
+
+
+def load_backbone(name: str, *, weights: str | os.PathLike | None = None, device: str | None = "auto",
+                  offline: bool | None = None):
+    """Build backbone ``name`` with its weights resolved (see ``embedtag.embeddings.weights``)."""
+    spec = get_spec(name)
+    module_name, _, cls_name = spec.impl.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise EmbedtagError(f"backbone {name!r} needs an optional dependency ({exc.name or exc}); "
+                            f"install it with: pip install 'embedtag[{spec.extra}]'") from None
+    return getattr(module, cls_name)(spec, weights=weights, device=device, offline=offline)
+
+
+@cache
+def _read_class_csv(filename: str) -> tuple[str, ...]:
+    with resources.files("embedtag.embeddings").joinpath("data", filename).open(encoding="utf-8") as f:
+        return tuple(row["display_name"] for row in csv.DictReader(f))
+
+
+def audioset_labels() -> list[str]:
+    """The 527 AudioSet class names in model output order (shipped with the package; no download)."""
+    return list(_read_class_csv("audioset_labels.csv"))
+
+
+def yamnet_labels() -> list[str]:
+    """YAMNet's 521 class names in output order."""
+    return list(_read_class_csv("yamnet_class_map.csv"))

@@ -1,0 +1,77 @@
+"""Shared test fixtures: the real assets in ../shared, and embedding stores built from real audio.
+
+Tests that need ../shared skip with a reason on a user's machine, but fail under CI (CI=true), where the
+assets must be present.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("EMBEDTAG_SHARED", REPO.parent / "shared")).resolve()
+MODELS = SHARED / "models"
+DATA = SHARED / "data"
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def require(path: Path) -> Path:
+    """Return ``path`` if it exists; else skip (user's machine) or fail (CI)."""
+    if path.exists():
+        return path
+    msg = f"needs the real asset {path} (the shared/ folder beside the checkout; set EMBEDTAG_SHARED to move it)"
+    if IN_CI:
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_env(tmp_path_factory):
+    """Point the weights mirror at ../shared/models and keep the cache out of the user's home."""
+    old = {k: os.environ.get(k) for k in ("EMBEDTAG_WEIGHTS_DIR", "EMBEDTAG_HOME", "EMBEDTAG_OFFLINE")}
+    if MODELS.exists():
+        os.environ["EMBEDTAG_WEIGHTS_DIR"] = str(MODELS)
+    os.environ["EMBEDTAG_HOME"] = str(tmp_path_factory.mktemp("embedtag_home"))
+    os.environ["EMBEDTAG_OFFLINE"] = "1"  # tests never reach for the network
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    yield
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def shared_models() -> Path:
+    return require(MODELS)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    return require(DATA)
+
+
+_STORES: dict = {}
+
+
+@pytest.fixture(scope="session")
+def real_store(tmp_path_factory):
+    """Factory: ``real_store("dcase2016_task2_office", model="yamnet")`` -> EmbeddingStore of that real
+    dataset (labels.csv + audio/), extracted once per test session and shared by every test that asks."""
+    from embedtag.embeddings.pipeline import extract
+    from embedtag.store import open_store
+
+    def make(dataset: str, model: str = "yamnet"):
+        key = (dataset, model)
+        if key not in _STORES:
+            src = require(DATA / dataset)
+            out = tmp_path_factory.mktemp(f"store_{dataset}_{model}")
+            extract(src, out / "store", model=model, progress=False)
+            _STORES[key] = out / "store"
+        return open_store(_STORES[key])
+
+    return make
