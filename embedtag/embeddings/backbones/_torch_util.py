@@ -1,0 +1,43 @@
+"""Shared helpers for the PyTorch backbones: same-length grouping, device transfer, mixed precision."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
+
+import numpy as np
+
+
+def same_length_batches(waves: Sequence[np.ndarray], batch_size: int) -> Iterator[list[int]]:
+    """Indices grouped by exact length, at most ``batch_size`` each.
+
+    Convolutions see padding, so a clip padded to its batch's longest member gets another embedding; grouping
+    by exact length keeps every row equal to the clip embedded alone (full windows of long files share a length,
+    so they still batch fully).
+    """
+    by_len: dict[int, list[int]] = defaultdict(list)
+    for i, w in enumerate(waves):
+        by_len[w.shape[0]].append(i)
+    for idx in by_len.values():
+        for start in range(0, len(idx), batch_size):
+            yield idx[start:start + batch_size]
+
+
+def to_device(batch: np.ndarray, device: str):
+    """numpy -> torch on ``device``; through pinned memory and a non-blocking copy on CUDA."""
+    import torch
+
+    t = torch.from_numpy(np.ascontiguousarray(batch, np.float32))
+    if device.startswith("cuda"):
+        return t.pin_memory().to(device, non_blocking=True)
+    return t
+
+
+def autocast(device: str, enabled: bool = True):
+    """fp16 autocast on CUDA (halves memory traffic of the conv stack), a no-op on CPU."""
+    import torch
+
+    if enabled and device.startswith("cuda"):
+        return torch.autocast("cuda", dtype=torch.float16)
+    return nullcontext()

@@ -1,0 +1,481 @@
+"""Audio files -> clip embeddings: ``encode`` (in memory) and ``extract`` (into a resumable embedding store).
+
+Decoding (soundfile + soxr, both release the GIL) runs in a thread pool a few clips ahead of the model, so it
+overlaps with batched inference. Each clip is cut into windows of ``window_s`` seconds (the last one shorter);
+windows shorter than the backbone's minimum are zero-padded; window embeddings are pooled per clip (``mean``
+weighted by window duration, ``max``, or ``meanmax`` = both concatenated). A clip longer than
+``STREAM_THRESHOLD_WINDOWS`` windows is decoded window by window, so memory is bounded by the window and the
+batch, never by the file.
+
+``extract`` writes one Parquet shard per batch, atomically: a crash or Ctrl-C loses at most the batch in flight,
+and a rerun skips every clip already stored or already recorded as failed.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from embedtag.embeddings import audio as A
+from embedtag.errors import AudioError, DataError, EmbedtagError
+
+POOLINGS = ("mean", "max", "meanmax")
+DEFAULT_WINDOW_S = 10.0
+#: clips with more windows than this are streamed instead of decoded whole
+STREAM_THRESHOLD_WINDOWS = 12
+#: sidecar files of dataset folders that are not audio and not worth an error row
+_SIDECARS = {"labels.csv", "meta.csv", "source.txt", "readme.md", "license", "manifest.json"}
+
+
+@dataclass
+class ClipSource:
+    """One input clip: a file (``path``) or samples in memory (``samples`` at ``sample_rate``)."""
+
+    clip_id: str
+    path: str = ""
+    labels: list[str] | None = None
+    samples: np.ndarray | None = None
+    sample_rate: int | None = None
+
+
+@dataclass
+class ExtractSummary:
+    store: str
+    backbone: str
+    device: str
+    n_inputs: int = 0
+    n_skipped: int = 0
+    n_stored: int = 0
+    n_failed: int = 0
+    audio_s: float = 0.0
+    elapsed_s: float = 0.0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def clips_per_s(self) -> float:
+        return self.n_stored / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def realtime_factor(self) -> float:
+        """Seconds of audio embedded per second of wall time."""
+        return self.audio_s / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def as_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in ("store", "backbone", "device", "n_inputs", "n_skipped", "n_stored",
+                                            "n_failed", "audio_s", "elapsed_s")}
+        d.update(clips_per_s=self.clips_per_s, realtime_factor=self.realtime_factor,
+                 failures=[{"clip_id": c, "reason": r} for c, r in self.failures])
+        return d
+
+
+# ----------------------------------------------------------------------------------------------- inputs
+def collect_sources(src: str | os.PathLike | Sequence[str | os.PathLike],
+                    labels: str | os.PathLike | None = None) -> list[ClipSource]:
+    """Turn ``src`` into clip sources.
+
+    - a dataset folder holding ``labels.csv`` (``fname,labels``) and ``audio/``: the CSV's clips, with labels;
+    - any other directory: every non-hidden file below it, recursively; ``clip_id`` is the path relative to it
+      (non-audio files are kept, so that they are reported as failures rather than silently ignored);
+    - a ``.csv`` file with a ``fname`` column (and optionally ``labels``): files relative to the CSV's folder,
+      or to its ``audio/`` subfolder when there is one;
+    - audio files: ``clip_id`` is the file name.
+
+    ``labels`` (a ``fname,labels`` CSV) attaches or overrides labels by clip_id.
+    """
+    items = [src] if isinstance(src, (str, os.PathLike)) else list(src)
+    if not items:
+        raise DataError("no input given")
+    sources: list[ClipSource] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir() and (p / "labels.csv").is_file() and (p / "audio").is_dir():
+            sources += _from_csv(p / "labels.csv", p / "audio")
+        elif p.is_dir():
+            for f in sorted(p.rglob("*")):
+                rel = f.relative_to(p)
+                if f.is_file() and not any(part.startswith(".") for part in rel.parts) \
+                        and not (len(rel.parts) == 1 and f.name.lower() in _SIDECARS):
+                    sources.append(ClipSource(rel.as_posix(), str(f)))
+        elif p.suffix.lower() == ".csv" and p.is_file():
+            base = p.parent / "audio" if (p.parent / "audio").is_dir() else p.parent
+            sources += _from_csv(p, base)
+        elif p.exists():
+            sources.append(ClipSource(p.name, str(p)))
+        else:
+            raise DataError(f"input not found: {p}")
+    if labels is not None:
+        table = read_labels_csv(labels)
+        for s in sources:
+            if s.clip_id in table:
+                s.labels = table[s.clip_id]
+    seen: set[str] = set()
+    unique = []
+    for s in sources:
+        if s.clip_id not in seen:
+            seen.add(s.clip_id)
+            unique.append(s)
+    return unique
+
+
+def read_labels_csv(path: str | os.PathLike) -> dict[str, list[str]]:
+    """``fname,labels`` CSV -> {fname: [label, ...]} (labels comma-separated inside one field)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"labels file not found: {path}")
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or "fname" not in reader.fieldnames:
+            raise DataError(f"{path}: expected a header with a 'fname' column (and 'labels'), got {reader.fieldnames}")
+        has_labels = "labels" in reader.fieldnames
+        return {row["fname"]: _split_labels(row["labels"]) if has_labels else [] for row in reader}
+
+
+def _split_labels(text: str | None) -> list[str]:
+    return [t.strip() for t in (text or "").split(",") if t.strip()]
+
+
+def _from_csv(csv_path: Path, base: Path) -> list[ClipSource]:
+    with csv_path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or "fname" not in reader.fieldnames:
+            raise DataError(f"{csv_path}: expected a header with a 'fname' column, got {reader.fieldnames}")
+        has_labels = "labels" in reader.fieldnames
+        return [ClipSource(row["fname"], str(base / row["fname"]),
+                           _split_labels(row["labels"]) if has_labels else None) for row in reader]
+
+
+# ----------------------------------------------------------------------------------------------- engine
+@dataclass
+class _Decoded:
+    source: ClipSource
+    windows: Iterable[np.ndarray]
+    duration_s: float
+    sample_rate: int
+    channels: int
+    stats: list = field(default_factory=lambda: [0.0, 0.0, 0])  # peak, sum of squares, n (filled as decoded)
+
+
+def _decode(src: ClipSource, target_sr: int, window_s: float, max_duration_s: float | None) -> _Decoded:
+    window = int(round(window_s * target_sr))
+    if src.samples is not None:
+        x = A.resample(A.to_mono(np.asarray(src.samples, np.float32)), src.sample_rate or target_sr, target_sr)
+        if x.size == 0:
+            raise AudioError(src.clip_id, "contains no audio samples")
+        d = _Decoded(src, _split(x, window), x.size / target_sr, src.sample_rate or target_sr, 1)
+        _update_stats(d.stats, x)
+        return d
+    info = A.audio_info(src.path)
+    if max_duration_s is not None and info.duration_s > max_duration_s:
+        A.load_audio(src.path, max_duration_s=max_duration_s)  # raises the uniform "too long" error
+    if info.duration_s <= STREAM_THRESHOLD_WINDOWS * window_s:
+        x, _ = A.load_audio(src.path, target_sr, max_duration_s=max_duration_s)
+        d = _Decoded(src, _split(x, window), info.duration_s, info.sample_rate, info.channels)
+        _update_stats(d.stats, x)
+        return d
+    d = _Decoded(src, [], info.duration_s, info.sample_rate, info.channels)
+    d.windows = _tracked(A.iter_windows(src.path, target_sr, window_s, max_duration_s=max_duration_s), d.stats)
+    return d
+
+
+def _split(x: np.ndarray, window: int) -> list[np.ndarray]:
+    return [x[i:i + window] for i in range(0, x.size, window)] or [x]
+
+
+def _update_stats(stats: list, x: np.ndarray) -> None:
+    if x.size:
+        stats[0] = max(stats[0], float(np.max(np.abs(x))))
+        stats[1] += float(np.dot(x.astype(np.float64), x))
+        stats[2] += x.size
+
+
+def _tracked(windows: Iterator[np.ndarray], stats: list) -> Iterator[np.ndarray]:
+    for w in windows:
+        _update_stats(stats, w)
+        yield w
+
+
+class _Acc:
+    """Running pooled statistics of one clip's windows."""
+
+    __slots__ = ("decoded", "sum_e", "max_e", "sum_s", "max_s", "weight", "n", "open")
+
+    def __init__(self, decoded: _Decoded):
+        self.decoded = decoded
+        self.sum_e = self.max_e = self.sum_s = self.max_s = None
+        self.weight = 0.0
+        self.n = 0
+        self.open = 0  # windows queued but not yet embedded
+
+    def add(self, emb: np.ndarray, scores: np.ndarray | None, w: float) -> None:
+        if self.sum_e is None:
+            self.sum_e, self.max_e = emb * w, emb.copy()
+            if scores is not None:
+                self.sum_s, self.max_s = scores * w, scores.copy()
+        else:
+            self.sum_e += emb * w
+            np.maximum(self.max_e, emb, out=self.max_e)
+            if scores is not None:
+                self.sum_s += scores * w
+                np.maximum(self.max_s, scores, out=self.max_s)
+        self.weight += w
+        self.n += 1
+        self.open -= 1
+
+    def result(self, pooling: str) -> tuple[np.ndarray, np.ndarray | None]:
+        mean_e = self.sum_e / self.weight
+        emb = {"mean": mean_e, "max": self.max_e, "meanmax": None}[pooling]
+        if emb is None:
+            emb = np.concatenate([mean_e, self.max_e])
+        scores = None
+        if self.sum_s is not None:
+            scores = self.sum_s / self.weight if pooling == "mean" else self.max_s
+        return emb.astype(np.float32), None if scores is None else scores.astype(np.float32)
+
+
+def _record(acc: _Acc, pooling: str) -> dict:
+    d = acc.decoded
+    emb, scores = acc.result(pooling)
+    peak, sumsq, n = d.stats
+    rms = np.sqrt(sumsq / n) if n else 0.0
+    return {"clip_id": d.source.clip_id, "path": d.source.path, "duration_s": d.duration_s,
+            "sample_rate": d.sample_rate, "channels": d.channels, "n_windows": acc.n, "peak": peak,
+            "rms_dbfs": 20 * np.log10(rms) if rms > 0 else float("-inf"), "embedding": emb,
+            "audioset_scores": scores, "labels": d.source.labels}
+
+
+def run(backbone, sources: Sequence[ClipSource], *, on_batch: Callable[[list[dict]], None],
+        on_error: Callable[[ClipSource, EmbedtagError], None], batch_size: int | None = None,
+        workers: int | None = None, pooling: str = "mean", window_s: float | None = None,
+        max_duration_s: float | None = A.DEFAULT_MAX_DURATION_S, on_progress: Callable[[int], None] | None = None) -> None:
+    """Embed ``sources`` with ``backbone``; hand finished clips to ``on_batch`` once per model batch.
+
+    Decoding runs in ``workers`` threads, up to ``4 * workers`` clips ahead of the model.
+    """
+    if pooling not in POOLINGS:
+        raise EmbedtagError(f"unknown pooling {pooling!r}; use one of {', '.join(POOLINGS)}")
+    batch_size = int(batch_size or backbone.default_batch_size)
+    if batch_size < 1:
+        raise EmbedtagError(f"batch_size must be >= 1, got {batch_size}")
+    window_s = float(window_s or DEFAULT_WINDOW_S)
+    if window_s * backbone.sample_rate < 1:
+        raise EmbedtagError(f"window_s={window_s} is too short")
+    workers = max(1, int(workers or min(4, os.cpu_count() or 1)))
+    sr, min_n = backbone.sample_rate, backbone.min_samples
+
+    windows: list[np.ndarray] = []
+    owners: list[tuple[_Acc, float]] = []
+    waiting: list[_Acc] = []  # clips in the current batch, in input order
+
+    def flush() -> None:
+        if windows:
+            out = backbone.embed(windows)
+            for j, (acc, w) in enumerate(owners):
+                acc.add(out.embeddings[j], None if out.scores is None else out.scores[j], w)
+            windows.clear()
+            owners.clear()
+        done = [a for a in waiting if a.open == 0 and a.n > 0 and a is not streaming[0]]
+        if done:
+            on_batch([_record(a, pooling) for a in done])
+            if on_progress:
+                on_progress(len(done))
+            waiting[:] = [a for a in waiting if a not in done]
+
+    streaming: list[_Acc | None] = [None]  # the clip whose windows are still being read
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="embedtag-decode") as pool:
+        ahead: list[tuple[ClipSource, Future]] = []
+        it = iter(sources)
+
+        def refill() -> None:
+            while len(ahead) < 4 * workers:
+                try:
+                    s = next(it)
+                except StopIteration:
+                    return
+                ahead.append((s, pool.submit(_decode, s, sr, window_s, max_duration_s)))
+
+        refill()
+        try:
+            while ahead:
+                src, fut = ahead.pop(0)
+                refill()
+                try:
+                    decoded = fut.result()
+                except EmbedtagError as exc:
+                    on_error(src, exc)
+                    if on_progress:
+                        on_progress(1)
+                    continue
+                except Exception as exc:  # an unexpected decoder failure is still one bad file, not a crash
+                    on_error(src, AudioError(src.path or src.clip_id, f"{type(exc).__name__}: {exc}"))
+                    if on_progress:
+                        on_progress(1)
+                    continue
+                acc = _Acc(decoded)
+                waiting.append(acc)
+                streaming[0] = acc
+                try:
+                    for win in decoded.windows:
+                        acc.open += 1
+                        windows.append(A.pad_to(win, min_n))
+                        owners.append((acc, win.size / sr))
+                        if len(windows) >= batch_size:
+                            flush()
+                except EmbedtagError as exc:  # a stream that breaks half-way: drop the clip, record why
+                    waiting.remove(acc)
+                    keep = [(i, o) for i, o in enumerate(owners) if o[0] is not acc]
+                    windows[:] = [windows[i] for i, _ in keep]
+                    owners[:] = [o for _, o in keep]
+                    streaming[0] = None
+                    on_error(src, exc)
+                    if on_progress:
+                        on_progress(1)
+                    continue
+                streaming[0] = None
+                if acc.n == 0 and acc.open == 0:  # nothing decoded at all
+                    waiting.remove(acc)
+                    on_error(src, AudioError(src.path, "contains no audio samples"))
+                    continue
+            flush()
+        except BaseException:
+            for _, f in ahead:
+                f.cancel()
+            raise
+
+
+# ----------------------------------------------------------------------------------------------- API
+def _load(model, weights, device):
+    from embedtag.embeddings.backbones.base import Backbone
+    from embedtag.embeddings.registry import load_backbone
+
+    if isinstance(model, Backbone):
+        return model
+    return load_backbone(model, weights=weights, device=device)
+
+
+def encode(inputs: str | os.PathLike | np.ndarray | Sequence, model="yamnet", *, sample_rate: int | None = None,
+           batch_size: int | None = None, device: str = "auto", weights=None, workers: int | None = None,
+           pooling: str = "mean", window_s: float | None = None, return_scores: bool = False,
+           progress: bool = False):
+    """Embed audio files or arrays in memory; one call does decoding, batching, device placement and progress.
+
+    ``inputs``: a path, an array, or a sequence of them (arrays are at ``sample_rate``, default the backbone's).
+    ``model``: a backbone name (see ``embedtag models``) or a loaded backbone. Returns ``(n, dim)`` float32 in
+    input order (and the ``(n, n_classes)`` AudioSet scores with ``return_scores=True``). A file that cannot be
+    decoded raises :class:`~embedtag.errors.AudioError` naming it.
+    """
+    backbone = _load(model, weights, device)
+    single = isinstance(inputs, (str, os.PathLike)) or (isinstance(inputs, np.ndarray) and inputs.ndim == 1)
+    items = [inputs] if single else list(inputs)
+    sources = []
+    for i, item in enumerate(items):
+        if isinstance(item, np.ndarray):
+            sources.append(ClipSource(str(i), samples=item, sample_rate=sample_rate or backbone.sample_rate))
+        else:
+            sources.append(ClipSource(str(i), str(item)))
+    results: dict[str, dict] = {}
+
+    def fail(src: ClipSource, exc: EmbedtagError) -> None:
+        raise exc
+
+    with _progress_bar(progress, len(sources), f"embedding with {backbone.name}") as advance:
+        run(backbone, sources, on_batch=lambda recs: results.update({r["clip_id"]: r for r in recs}),
+            on_error=fail, batch_size=batch_size, workers=workers, pooling=pooling, window_s=window_s,
+            on_progress=advance)
+    emb = np.stack([results[s.clip_id]["embedding"] for s in sources]) if sources else np.zeros((0, 0), np.float32)
+    if not return_scores:
+        return emb
+    return emb, np.stack([results[s.clip_id]["audioset_scores"] for s in sources])
+
+
+def extract(src, out: str | os.PathLike, model="yamnet", *, labels=None, weights=None, device: str = "auto",
+            batch_size: int | None = None, workers: int | None = None, pooling: str = "mean",
+            window_s: float | None = None, scores: bool = True, strict: bool = False,
+            max_duration_s: float | None = A.DEFAULT_MAX_DURATION_S, limit: int | None = None,
+            progress: bool = True) -> ExtractSummary:
+    """Embed ``src`` (see :func:`collect_sources`) into the embedding store at ``out``; resumable.
+
+    Clips already in the store (or already recorded as failed) are skipped. Unreadable files are recorded in
+    the store's errors table and the run goes on, unless ``strict`` (then the first one raises AudioError).
+    """
+    from embedtag.store import EmbeddingStore, StoreManifest
+
+    sources = collect_sources(src, labels)
+    if limit is not None:
+        sources = sources[:limit]
+    backbone = _load(model, weights, device)
+    if pooling not in POOLINGS:
+        raise EmbedtagError(f"unknown pooling {pooling!r}; use one of {', '.join(POOLINGS)}")
+    window_s = float(window_s or DEFAULT_WINDOW_S)
+    manifest = StoreManifest(
+        backbone=backbone.name, embedding_dim=backbone.embedding_dim * (2 if pooling == "meanmax" else 1),
+        sample_rate=backbone.sample_rate, pooling=pooling, window_s=window_s,
+        weights_sha256=backbone.weights_sha256, class_names=list(backbone.class_names) if scores else [])
+    store = EmbeddingStore.create(out, manifest)
+    done = store.done_ids()
+    todo = [s for s in sources if s.clip_id not in done]
+    summary = ExtractSummary(store=str(out), backbone=backbone.name, device=backbone.device,
+                             n_inputs=len(sources), n_skipped=len(sources) - len(todo))
+
+    def on_batch(records: list[dict]) -> None:
+        if not scores:
+            for r in records:
+                r.pop("audioset_scores", None)
+        store.append(records)
+        summary.n_stored += len(records)
+        summary.audio_s += sum(r["duration_s"] for r in records)
+
+    def on_error(s: ClipSource, exc: EmbedtagError) -> None:
+        reason = getattr(exc, "reason", None) or str(exc)
+        store.add_errors([{"clip_id": s.clip_id, "path": s.path, "reason": reason, "error_type": type(exc).__name__}])
+        summary.n_failed += 1
+        summary.failures.append((s.clip_id, reason))
+        if strict:
+            raise exc
+
+    start = time.perf_counter()
+    try:
+        with _progress_bar(progress, len(todo), f"{backbone.name} → {Path(out).name}") as advance:
+            run(backbone, todo, on_batch=on_batch, on_error=on_error, batch_size=batch_size, workers=workers,
+                pooling=pooling, window_s=window_s, max_duration_s=max_duration_s, on_progress=advance)
+    finally:
+        summary.elapsed_s = time.perf_counter() - start
+    return summary
+
+
+class _progress_bar:
+    """A rich progress bar (clips, clips/s, ETA) whose ``advance(n)`` is handed to the engine."""
+
+    def __init__(self, enabled: bool, total: int, label: str):
+        self.enabled, self.total, self.label = enabled, total, label
+        self.bar = None
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda n: None
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
+
+        self.bar = Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
+                            MofNCompleteColumn(), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
+                            TextColumn("ETA"), TimeRemainingColumn(), transient=False)
+        self.bar.start()
+        task = self.bar.add_task(self.label, total=self.total, rate="")
+
+        def advance(n: int) -> None:
+            self.bar.advance(task, n)
+            speed = self.bar.tasks[0].speed
+            self.bar.update(task, rate=f"{speed:.1f} clips/s" if speed else "")
+
+        return advance
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.stop()
+        return False
