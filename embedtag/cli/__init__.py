@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> None:
     # TensorFlow's C++ logging drowns the progress bars; users can still raise it.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
-        app(args=argv, standalone_mode=False)
+        rc = app(args=argv, standalone_mode=False)  # click returns typer.Exit's code here
+        sys.exit(rc if isinstance(rc, int) else 0)
     except EmbedtagError as exc:
         from rich.console import Console
 

@@ -178,6 +178,7 @@ class YamnetLite(_YamnetBase):
             raise WeightsError(f"{path}: not a YAMNet TFLite model (outputs {sorted(outs)}, expected 521 and 1024)") from None
         self._input_idx = self._interp.get_input_details()[0]["index"]
         self._allocated = -1
+        self._quiet_first_call = True
 
     def _run(self, waveform):
         if self._allocated != waveform.size:  # re-allocating costs a few ms; skip when the size repeats
@@ -185,5 +186,10 @@ class YamnetLite(_YamnetBase):
             self._interp.allocate_tensors()
             self._allocated = waveform.size
         self._interp.set_tensor(self._input_idx, waveform)
-        self._interp.invoke()
+        if self._quiet_first_call:  # the XNNPACK delegate announces itself on stderr at the first invoke
+            with quiet_native_stderr():
+                self._interp.invoke()
+            self._quiet_first_call = False
+        else:
+            self._interp.invoke()
         return (self._interp.get_tensor(self._scores_idx).copy(), self._interp.get_tensor(self._emb_idx).copy())

@@ -1,0 +1,131 @@
+"""Backbones on real weights (YAMNet SavedModel and TFLite) and on a Cnn14 checkpoint made here (PANNs)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import numpy as np
+import pytest
+
+from embedtag.embeddings.audio import load_audio
+from embedtag.embeddings.registry import list_backbones, load_backbone
+from embedtag.errors import WeightsError
+
+from conftest import DATA, require
+
+OFFICE = DATA / "dcase2016_task2_office" / "audio"
+
+
+def _clips(sample_rate, classes=("speech", "keyboard", "doorslam", "phone")):
+    """The first real clip of each class (speech first)."""
+    require(OFFICE)
+    return [load_audio(sorted(OFFICE.glob(f"{c}*.wav"))[0], sample_rate)[0] for c in classes]
+
+
+@pytest.fixture(scope="module")
+def yamnet(shared_models):
+    return load_backbone("yamnet")
+
+
+@pytest.fixture(scope="module")
+def yamnet_lite(shared_models):
+    return load_backbone("yamnet-lite")
+
+
+def test_registry_lists_backbones_with_dims():
+    specs = {s.name: s for s in list_backbones()}
+    assert specs["panns-cnn14"].embedding_dim == 2048 and specs["yamnet"].embedding_dim == 1024
+    assert specs["yamnet-lite"].sample_rate == 16000 and specs["panns-cnn14"].sample_rate == 32000
+
+
+def test_yamnet_savedmodel_and_tflite_agree_and_tag_speech(yamnet, yamnet_lite):
+    clips = _clips(16000)
+    a, b = yamnet.embed(clips), yamnet_lite.embed(clips)
+    assert a.embeddings.shape == (4, 1024) and a.scores.shape == (4, 521)
+    cos = (a.embeddings * b.embeddings).sum(1) / (np.linalg.norm(a.embeddings, axis=1) *
+                                                  np.linalg.norm(b.embeddings, axis=1))
+    assert cos.min() > 0.999
+    for out in (a, b):
+        assert yamnet.class_names[int(out.scores[0].argmax())] == "Speech"
+        # the keyboard clip is not speech: its top class is about typing
+        assert "typ" in yamnet.class_names[int(out.scores[1].argmax())].lower() or \
+               "keyboard" in yamnet.class_names[int(out.scores[1].argmax())].lower()
+
+
+@pytest.mark.parametrize("which", ["yamnet", "yamnet_lite"])
+def test_yamnet_is_batch_invariant(which, request):
+    bb = request.getfixturevalue(which)
+    rng = np.random.default_rng(1)
+    clips = _clips(16000) + [(0.1 * rng.standard_normal(n)).astype(np.float32) for n in (3000, 15600, 40000, 200001)]
+    together = bb.embed(clips, return_frames=True)
+    for i, c in enumerate(clips):
+        alone = bb.embed([c], return_frames=True)
+        np.testing.assert_allclose(together.embeddings[i], alone.embeddings[0], atol=1e-4)
+        np.testing.assert_allclose(together.frames[i], alone.frames[0], atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------- PANNs
+@pytest.fixture(scope="module")
+def cnn14_checkpoint(tmp_path_factory):
+    """An official-format Cnn14 checkpoint ({"model": state_dict}) with seeded random weights, saved in fp16
+    (half the size, under the 3e8-byte threshold at which panns_inference would wget over it)."""
+    torch = pytest.importorskip("torch")
+    from embedtag.embeddings.backbones.panns import PANNS_CONFIG, import_panns_models
+
+    torch.manual_seed(0)
+    model = import_panns_models().Cnn14(**PANNS_CONFIG)
+    # random BN statistics so that the network is not an identity-ish map
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    mirror = tmp_path_factory.mktemp("mirror")
+    path = mirror / "panns" / "Cnn14_mAP=0.431.pth"
+    path.parent.mkdir()
+    torch.save({"model": {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()},
+                "iteration": 0}, path)
+    return path
+
+
+def test_panns_loads_official_format_through_the_mirror(cnn14_checkpoint, monkeypatch):
+    monkeypatch.setenv("EMBEDTAG_WEIGHTS_DIR", str(cnn14_checkpoint.parents[1]))
+    digest, mtime = hashlib.sha256(cnn14_checkpoint.read_bytes()).hexdigest(), os.stat(cnn14_checkpoint).st_mtime_ns
+    bb = load_backbone("panns-cnn14", device="cpu")
+    assert bb.weights_path == cnn14_checkpoint
+    clips = _clips(32000)[:2]
+    out = bb.embed(clips)
+    assert out.embeddings.shape == (2, 2048) and out.scores.shape == (2, 527)
+    assert np.isfinite(out.embeddings).all() and out.embeddings.std() > 0
+    # our trunk reproduces the network's own forward
+    import torch
+
+    with torch.inference_mode():
+        ref = bb.model(torch.from_numpy(np.stack([np.pad(c, (0, max(0, 32000 - c.size))) for c in clips[:1]])))
+    np.testing.assert_allclose(out.embeddings[0], ref["embedding"][0].numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(out.scores[0], ref["clipwise_output"][0].numpy(), rtol=1e-4, atol=1e-6)
+    # the user's checkpoint is never modified, deleted or re-downloaded
+    assert cnn14_checkpoint.exists()
+    assert hashlib.sha256(cnn14_checkpoint.read_bytes()).hexdigest() == digest
+    assert os.stat(cnn14_checkpoint).st_mtime_ns == mtime
+
+
+def test_panns_is_batch_invariant_and_pads_short_clips(cnn14_checkpoint):
+    bb = load_backbone("panns-cnn14", weights=cnn14_checkpoint, device="cpu")
+    rng = np.random.default_rng(2)
+    clips = [(0.1 * rng.standard_normal(n)).astype(np.float32) for n in (3200, 32000, 32000, 48000)]
+    together = bb.embed(clips)
+    for i, c in enumerate(clips):
+        np.testing.assert_allclose(together.embeddings[i], bb.embed([c]).embeddings[0], atol=1e-4)
+
+
+def test_panns_rejects_a_checkpoint_of_another_architecture(tmp_path):
+    torch = pytest.importorskip("torch")
+    bad = tmp_path / "other.pth"
+    torch.save({"model": {"fc.weight": torch.zeros(2, 2)}}, bad)
+    with pytest.raises(WeightsError, match="does not match the Cnn14"):
+        load_backbone("panns-cnn14", weights=bad, device="cpu")
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"\x00" * 100)
+    with pytest.raises(WeightsError, match="not a loadable"):
+        load_backbone("panns-cnn14", weights=junk, device="cpu")

@@ -1,0 +1,181 @@
+"""`extract` end to end on real audio: bad inputs, resume after a crash, CSV inputs, store compatibility."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+
+from conftest import DATA, REPO, require
+from embedtag.embeddings.pipeline import collect_sources, encode, extract
+from embedtag.errors import AudioError, IncompatibleError
+from embedtag.store import open_store
+
+OFFICE = DATA / "dcase2016_task2_office"
+
+
+@pytest.fixture()
+def messy_dir(tmp_path):
+    """Real clips plus every kind of trouble a user's folder holds."""
+    src = require(OFFICE / "audio")
+    d = tmp_path / "messy"
+    (d / "sub").mkdir(parents=True)
+    for f in sorted(src.glob("speech*.wav"))[:2] + sorted(src.glob("knock*.wav"))[:2]:
+        shutil.copy(f, d / "sub" / f.name)
+    speech, sr = sf.read(sorted(src.glob("speech*.wav"))[0], dtype="float32")
+    (d / "corrupt.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEfmt garbage" * 20)
+    (d / "empty.flac").write_bytes(b"")
+    sf.write(d / "tiny_0.1s.wav", speech[: int(0.1 * sr)], sr)
+    rng = np.random.default_rng(0)
+    sf.write(d / "long_5min.flac", (0.05 * rng.standard_normal(16000 * 300)).astype(np.float32), 16000)
+    st = np.stack([np.interp(np.arange(int(speech.size * 48000 / sr)) * sr / 48000, np.arange(speech.size),
+                             speech)] * 2, axis=1)
+    sf.write(d / "stereo_48k.wav", st.astype(np.float32), 48000, subtype="PCM_24")
+    (d / "notes.txt").write_text("not audio")
+    return d
+
+
+def test_bad_inputs_are_recorded_and_a_rerun_adds_nothing(messy_dir, tmp_path, shared_models):
+    out = tmp_path / "store"
+    summary = extract(messy_dir, out, model="yamnet-lite", batch_size=8, progress=False)
+    store = open_store(out)
+    stored = set(store.clip_ids)
+    assert stored == {"sub/" + f.name for f in (messy_dir / "sub").iterdir()} | {
+        "tiny_0.1s.wav", "long_5min.flac", "stereo_48k.wav"}
+    errors = store.errors().set_index("clip_id")["reason"].to_dict()
+    assert set(errors) == {"corrupt.wav", "empty.flac", "notes.txt"}
+    assert "empty file" in errors["empty.flac"] and "cannot decode" in errors["corrupt.wav"]
+    assert "unsupported file type" in errors["notes.txt"]
+    assert summary.n_stored == 7 and summary.n_failed == 3
+    df = store.to_pandas().set_index("clip_id")
+    assert df.loc["long_5min.flac", "n_windows"] == 30 and abs(df.loc["long_5min.flac", "duration_s"] - 300) < 1e-6
+    assert df.loc["stereo_48k.wav", "channels"] == 2 and df.loc["stereo_48k.wav", "sample_rate"] == 48000
+    # the 48 kHz stereo copy of a speech clip embeds like the original (resampling and downmix are right)
+    e = store.embeddings()
+    ids = store.clip_ids
+    orig = sorted(f.name for f in (messy_dir / "sub").glob("speech*"))[0]
+    a, b = e[ids.index("stereo_48k.wav")], e[ids.index("sub/" + orig)]
+    assert a @ b / np.linalg.norm(a) / np.linalg.norm(b) > 0.98
+
+    again = extract(messy_dir, out, model="yamnet-lite", progress=False)
+    assert again.n_stored == 0 and again.n_failed == 0 and again.n_skipped == 10
+    assert len(open_store(out)) == 7 and len(open_store(out).errors()) == 3
+
+
+def test_strict_stops_at_first_bad_file(messy_dir, tmp_path, shared_models):
+    with pytest.raises(AudioError):
+        extract(messy_dir, tmp_path / "s", model="yamnet-lite", strict=True, progress=False)
+
+
+def test_embedding_does_not_depend_on_batch(tmp_path, shared_models):
+    src = require(OFFICE)
+    a = extract(src, tmp_path / "a", model="yamnet-lite", batch_size=1, limit=24, progress=False)
+    b = extract(src, tmp_path / "b", model="yamnet-lite", batch_size=16, limit=24, progress=False)
+    assert a.n_stored == b.n_stored == 24
+    sa, sb = open_store(tmp_path / "a"), open_store(tmp_path / "b")
+    ea = dict(zip(sa.clip_ids, sa.embeddings()))
+    eb = dict(zip(sb.clip_ids, sb.embeddings()))
+    for k in ea:
+        np.testing.assert_allclose(ea[k], eb[k], atol=1e-4)
+
+
+def test_crash_mid_run_then_resume_stores_every_clip_once(tmp_path, shared_models, monkeypatch):
+    from embedtag import store as store_mod
+
+    src = require(OFFICE)
+    real_append = store_mod.EmbeddingStore.append
+    calls = {"n": 0}
+
+    def crashing_append(self, rows):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # Ctrl-C while the third batch is being written
+        return real_append(self, rows)
+
+    monkeypatch.setattr(store_mod.EmbeddingStore, "append", crashing_append)
+    with pytest.raises(KeyboardInterrupt):
+        extract(src, tmp_path / "s", model="yamnet-lite", batch_size=8, limit=60, progress=False)
+    partial = open_store(tmp_path / "s")
+    assert 0 < len(partial) < 60
+    monkeypatch.setattr(store_mod.EmbeddingStore, "append", real_append)
+    extract(src, tmp_path / "s", model="yamnet-lite", batch_size=8, limit=60, progress=False)
+    ids = open_store(tmp_path / "s").clip_ids
+    assert len(ids) == 60 and len(set(ids)) == 60
+
+
+def test_killed_process_then_rerun_stores_every_clip_once(tmp_path, shared_models):
+    src = require(OFFICE)
+    out = tmp_path / "s"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "embedtag", "extract", str(src), "--out", str(out), "--model", "yamnet-lite",
+           "--batch-size", "2", "--workers", "1", "-q"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if len(list((out / "shards").glob("part-*.parquet"))) >= 3 if (out / "shards").exists() else False:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    n_before = len(open_store(out))
+    assert n_before < 220, "the run finished before it could be killed; the test proves nothing"
+    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
+    ids = open_store(out).clip_ids
+    assert len(ids) == 220 and len(set(ids)) == 220
+
+
+def test_csv_input_keeps_fname_as_clip_id_and_labels(tmp_path, shared_models):
+    src = require(OFFICE)
+    csv = tmp_path / "train.csv"
+    labels = pd.read_csv(src / "labels.csv").head(12)
+    labels.to_csv(csv, index=False)
+    sources = collect_sources(csv)
+    assert sources[0].clip_id == labels.fname[0] and not sources[0].path.startswith(str(src))
+    audio_dir = tmp_path / "audio"
+    audio_dir.mkdir()
+    for f in labels.fname:
+        os.symlink(src / "audio" / f, audio_dir / f)
+    extract(csv, tmp_path / "s", model="yamnet-lite", progress=False)
+    store = open_store(tmp_path / "s")
+    assert store.clip_ids == labels.fname.tolist()
+    assert [lab[0] for lab in store.labels()] == labels["labels"].tolist()
+
+
+def test_appending_with_another_configuration_is_refused(tmp_path, shared_models):
+    src = require(OFFICE)
+    extract(src, tmp_path / "s", model="yamnet-lite", limit=4, progress=False)
+    with pytest.raises(IncompatibleError, match="pooling"):
+        extract(src, tmp_path / "s", model="yamnet-lite", pooling="max", limit=8, progress=False)
+    with pytest.raises(IncompatibleError, match="backbone"):
+        extract(src, tmp_path / "s", model="yamnet", limit=8, progress=False)
+
+
+def test_encode_matches_store_and_meanmax_doubles_dim(tmp_path, shared_models):
+    src = require(OFFICE)
+    files = sorted((src / "audio").glob("laughter*.wav"))[:3]
+    emb = encode(files, model="yamnet-lite")
+    assert emb.shape == (3, 1024)
+    e2 = encode(files, model="yamnet-lite", pooling="meanmax")
+    assert e2.shape == (3, 2048)
+    np.testing.assert_allclose(e2[:, :1024], emb, atol=1e-5)
+    x, _ = sf.read(files[0], dtype="float32")
+    np.testing.assert_allclose(encode(x, model="yamnet-lite", sample_rate=44100)[0], emb[0], atol=1e-4)
+
+
+def test_cli_extract_exit_codes_and_summary(messy_dir, tmp_path, shared_models):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    r = subprocess.run([sys.executable, "-m", "embedtag", "extract", str(messy_dir), "--out", str(tmp_path / "s"),
+                        "--model", "yamnet-lite", "-q"], env=env, capture_output=True, text=True)
+    assert r.returncode == 3, r.stderr
+    assert "clips stored" in r.stdout and "notes.txt" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "embedtag", "extract", str(tmp_path / "missing"), "--out",
+                        str(tmp_path / "t"), "-q"], env=env, capture_output=True, text=True)
+    assert r.returncode == 1 and "input not found" in r.stderr and "Traceback" not in r.stderr
