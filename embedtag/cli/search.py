@@ -1,0 +1,146 @@
+"""`embedtag index build|add|evaluate` and `embedtag search`: similar-sound search over an embedding store."""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+
+import typer
+
+from embedtag.cli import app
+
+index_app = typer.Typer(help="Build, extend and evaluate similar-sound search indexes (FAISS).",
+                        no_args_is_help=True, rich_markup_mode="rich")
+app.add_typer(index_app, name="index")
+
+
+class Kind(str, Enum):
+    auto = "auto"
+    flat = "flat"
+    hnsw = "hnsw"
+    ivfpq = "ivfpq"
+
+
+class Metric(str, Enum):
+    cosine = "cosine"
+    l2 = "l2"
+
+
+class Preprocess(str, Enum):
+    none = "none"
+    center = "center"
+    whiten = "whiten"
+
+
+class Format(str, Enum):
+    table = "table"
+    json = "json"
+
+
+@index_app.command("build", epilog="Example:\n\n  embedtag index build stores/office --out indexes/office "
+                                   "--preprocess center")
+def build(
+    store: Path = typer.Argument(..., help="Embedding store directory (from `embedtag extract`)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Index directory to write."),
+    kind: Kind = typer.Option(Kind.auto, help="auto: exact (flat) for small stores, compressed ivfpq for large."),
+    metric: Metric = typer.Option(Metric.cosine, help="cosine (L2-normalise + inner product) or l2."),
+    preprocess: Preprocess = typer.Option(Preprocess.none, help="none, center (subtract the store mean) or "
+                                                                 "whiten (PCA whitening fitted on the store)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Build a similarity index over every clip of STORE and save it to --out."""
+    from embedtag.search import build_index
+
+    index = build_index(store, kind=kind.value, metric=metric.value, preprocess=preprocess.value,
+                        progress=not quiet)
+    index.save(out)
+    m = index.manifest
+    typer.echo(f"indexed {len(index)} {m.backbone} clips ({m.embedding_dim}-d) into {out}: kind={m.kind} "
+               f"({m.factory}), metric={m.metric}, preprocess={m.preprocess['kind']}, {m.build_time_s:.1f} s")
+
+
+@index_app.command("add")
+def add(
+    index_dir: Path = typer.Argument(..., metavar="INDEX", help="Index directory."),
+    store: Path = typer.Argument(..., help="Embedding store with new clips (same backbone and settings)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Add the clips of STORE that INDEX does not hold yet, without a rebuild."""
+    from embedtag.search import SimilarityIndex
+    from embedtag.store import open_store
+
+    index = SimilarityIndex.load(index_dir)
+    n = index.add_from_store(open_store(store), progress=not quiet)
+    index.save(index_dir)
+    typer.echo(f"added {n} clips to {index_dir} (now {len(index)})")
+
+
+@index_app.command("evaluate")
+def evaluate(
+    index_dir: Path = typer.Argument(..., metavar="INDEX", help="Index directory."),
+    labels: Path | None = typer.Option(None, help="fname,labels CSV (default: the labels stored with the clips)."),
+    k: int = typer.Option(5, "-k", min=1, help="Neighbours per query."),
+    store: Path | None = typer.Option(None, help="The store the index was built from, for recall@k of "
+                                                 "approximate indexes (default: the path in the manifest)."),
+    max_queries: int = typer.Option(2000, min=1, help="Evaluate on at most this many clips (random)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Leave-one-out retrieval quality: precision@k and mAP@k from labels; recall@k against exact search."""
+    from embedtag.search import SimilarityIndex, evaluate_index
+    from embedtag.store import open_store
+
+    index = SimilarityIndex.load(index_dir)
+    ev = evaluate_index(index, labels, k=k, store=open_store(store) if store else None, max_queries=max_queries)
+    if as_json:
+        typer.echo(json.dumps(ev.to_dict(), indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    def fmt(v):
+        return "n/a" if v is None else f"{v:.4f}"
+
+    t = Table(title=f"{index_dir} ({index.manifest.kind}, {len(index)} clips)", show_header=False,
+              title_justify="left")
+    t.add_row("queries", str(ev.n_queries))
+    t.add_row(f"precision@{ev.k}", fmt(ev.precision_at_k))
+    t.add_row(f"mAP@{ev.k}", fmt(ev.map_at_k))
+    t.add_row(f"chance precision", fmt(ev.chance_precision))
+    t.add_row(f"recall@{ev.k} vs exact", fmt(ev.recall_at_k) if ev.kind != "flat" else "1 (exact index)")
+    console = Console()
+    console.print(t)
+    if ev.note:
+        console.print(f"note: {ev.note}", highlight=False)
+
+
+@app.command("search", epilog="Examples:\n\n  embedtag search indexes/office cough_01.wav -k 5\n\n"
+                              "  embedtag search indexes/office clearthroat002.wav new_clips/ --format json")
+def search(
+    index_dir: Path = typer.Argument(..., metavar="INDEX", help="Index directory (from `embedtag index build`)."),
+    queries: list[str] = typer.Argument(..., metavar="QUERY...", help="Stored clip ids, audio files or "
+                                                                      "directories of audio files."),
+    k: int = typer.Option(10, "-k", min=1, help="Neighbours per query."),
+    fmt: Format = typer.Option(Format.table, "--format", help="table, or json: a list with, per query, a list of "
+                                                              "{rank, score, clip_id, path, labels}."),
+    device: str = typer.Option("auto", help="Device for embedding audio queries: auto, cpu, cuda."),
+) -> None:
+    """Find the indexed clips nearest to each QUERY (a stored clip id skips itself in its results)."""
+    from embedtag.search import SimilarityIndex
+
+    index = SimilarityIndex.load(index_dir)
+    names = index.expand_queries(queries)
+    results = index.query(queries, k, device=device, progress=False)
+    if fmt == Format.json:
+        typer.echo(json.dumps(results, indent=1))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    score_name = "cosine" if index.manifest.metric == "cosine" else "distance"
+    console = Console()
+    for name, res in zip(names, results):
+        t = Table("rank", score_name, "clip id", "path", "labels", title=f"nearest to {name}", title_justify="left")
+        for r in res:
+            t.add_row(str(r["rank"]), f"{r['score']:.4f}", r["clip_id"], r["path"], ", ".join(r["labels"] or []))
+        console.print(t)
