@@ -93,10 +93,17 @@ def _downstream(console, store, out: Path) -> None:
 
 
 def _heads_step(console, store, out: Path) -> None:
-    from embedtag.heads import cross_validate_store  # noqa: F401  (present once the heads stage lands)
+    from embedtag.heads.api import fit_head
 
-    result = cross_validate_store(store, head="logreg", folds=5)
-    console.print(result)
+    for kind in ("logreg", "mlp"):
+        head, report = fit_head(store, head=kind, folds=5, progress=False)
+        r = report.as_dict()
+        zs = f", zero-shot {r['zero_shot_lwlrap']:.3f}" if r.get("zero_shot_lwlrap") is not None else ""
+        console.print(f"{kind:>7}: 5-fold lwlrap [bold]{r['cv_lwlrap']:.3f}[/] "
+                      f"(label-prior baseline {r['prior_cv_lwlrap']:.3f}{zs}) on {r['n_clips']} clips, "
+                      f"{r['n_labels']} labels")
+    head.save(out / "head")
+    console.print(f"saved the MLP head to {out / 'head'} (embedtag predict {out / 'head'} <audio or store>)")
 
 
 def _search_step(console, store, out: Path) -> None:

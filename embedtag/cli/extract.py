@@ -77,10 +77,17 @@ def models() -> None:
     from embedtag.embeddings.registry import list_backbones
     from embedtag.embeddings.weights import candidates, find
 
-    t = Table("name", "dim", "sample rate", "classes", "weights", "description")
+    t = Table("name", "dim", "rate", "classes", "weights", "description")
+    missing = []
     for spec in list_backbones():
         found = find(spec.weights)
-        where = f"[green]{found}[/]" if found else f"[yellow]missing[/] → {candidates(spec.weights)[-1]}"
-        t.add_row(spec.name, str(spec.embedding_dim), f"{spec.sample_rate} Hz", str(spec.n_classes), where,
-                  spec.description)
-    Console().print(t)
+        if not found:
+            missing.append(spec)
+        t.add_row(spec.name, str(spec.embedding_dim), f"{spec.sample_rate // 1000} kHz", str(spec.n_classes),
+                  "[green]present[/]" if found else "[yellow]missing[/]", spec.description)
+    console = Console()
+    console.print(t)
+    for spec in missing:
+        console.print(f"[yellow]{spec.name}[/]: {spec.weights.family}/{spec.weights.relpath} is fetched on first use "
+                      f"into {candidates(spec.weights)[-1].parent}, or put it there (or under EMBEDTAG_WEIGHTS_DIR)",
+                      highlight=False)
