@@ -93,6 +93,7 @@ class EmbeddingStore:
         self.manifest = manifest
         self.schema = shard_schema(manifest)
         self._cache: dict[str, object] = {}
+        self._next_shard: dict[str, int] = {}
 
     # ---------------------------------------------------------------- creation
     @classmethod
@@ -172,11 +173,14 @@ class EmbeddingStore:
         os.close(fd)
         try:
             pq.write_table(table, tmp, compression="zstd")
-            n = len(_visible(folder))
+            if sub not in self._next_shard:  # listed once per process; later shards just count up
+                self._next_shard[sub] = len(_visible(folder))
+            n = self._next_shard[sub]
             while True:  # a concurrent writer may have taken the name: link() fails instead of overwriting
                 target = folder / f"part-{n:06d}.parquet"
                 try:
                     os.link(tmp, target)
+                    self._next_shard[sub] = n + 1
                     break
                 except FileExistsError:
                     n += 1
