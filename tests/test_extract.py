@@ -176,6 +176,10 @@ def test_cli_extract_exit_codes_and_summary(messy_dir, tmp_path, shared_models):
                         "--model", "yamnet-lite", "-q"], env=env, capture_output=True, text=True)
     assert r.returncode == 3, r.stderr
     assert "clips stored" in r.stdout and "notes.txt" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "embedtag", "info", str(tmp_path / "s"), "--errors"], env=env,
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and "yamnet-lite" in r.stdout and "7 (4 labelled)" not in r.stdout
+    assert "failed files" in r.stdout and "empty file" in r.stdout
     r = subprocess.run([sys.executable, "-m", "embedtag", "extract", str(tmp_path / "missing"), "--out",
                         str(tmp_path / "t"), "-q"], env=env, capture_output=True, text=True)
     assert r.returncode == 1 and "input not found" in r.stderr and "Traceback" not in r.stderr

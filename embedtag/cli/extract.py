@@ -91,3 +91,31 @@ def models() -> None:
         console.print(f"[yellow]{spec.name}[/]: {spec.weights.family}/{spec.weights.relpath} is fetched on first use "
                       f"into {candidates(spec.weights)[-1].parent}, or put it there (or under EMBEDTAG_WEIGHTS_DIR)",
                       highlight=False)
+
+
+@app.command()
+def info(store: Path = typer.Argument(..., help="An embedding store directory."),
+         errors: bool = typer.Option(False, "--errors", help="List every failed file with its reason.")) -> None:
+    """Describe an embedding store: backbone, dimension, pooling, clips, hours of audio, labels, failures."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from embedtag.store import open_store
+
+    s = open_store(store)
+    m = s.manifest
+    df = s.to_pandas(["clip_id", "duration_s", "labels"])
+    errs = s.errors()
+    labelled = int(df["labels"].map(lambda v: v is not None and len(v) > 0).sum()) if len(df) else 0
+    t = Table(title=str(store), show_header=False, title_justify="left")
+    t.add_row("backbone", f"{m.backbone}  (weights sha256 {str(m.weights_sha256)[:12]}…)")
+    t.add_row("embedding", f"{m.embedding_dim}-d, pooling {m.pooling}, window {m.window_s:g} s, {m.sample_rate} Hz")
+    t.add_row("clips", f"{len(df)} ({labelled} labelled), {df['duration_s'].sum() / 3600:.3f} h of audio")
+    t.add_row("AudioSet scores", f"{len(m.class_names)} classes" if m.has_scores else "not kept")
+    t.add_row("failed files", str(len(errs)))
+    t.add_row("written by", f"embedtag {m.embedtag_version} at {m.created_at}")
+    console = Console()
+    console.print(t)
+    if errors:
+        for row in errs.itertuples():
+            console.print(f"  [red]{row.clip_id}[/]: {row.reason}", highlight=False)
