@@ -1,0 +1,60 @@
+"""Heads: classifiers on clip embeddings (logistic regression, PyTorch MLP, LightGBM, kNN over FAISS, a
+label-prior baseline), the noisy-label training strategies, cross-validation and a zero-shot baseline.
+
+Python API (the CLI calls exactly these)::
+
+    from embedtag.heads import fit_head, predict_store, evaluate_head, load_head
+    head, report = fit_head("store/", labels="labels.csv", head="mlp", folds=5, noisy_weight=0.5)
+    head.save("my_head/")
+    probs = predict_store(load_head("my_head/"), "other_store/")     # DataFrame: fname + one column per label
+"""
+
+from __future__ import annotations
+
+from embedtag.heads.base import Head, ParamError
+from embedtag.heads.knn import KNNHead
+from embedtag.heads.lgbm import LightGBMHead
+from embedtag.heads.logreg import LogisticHead
+from embedtag.heads.mlp import MLPHead
+from embedtag.heads.prior import PriorHead
+
+HEADS: dict[str, type[Head]] = {
+    "logreg": LogisticHead,
+    "mlp": MLPHead,
+    "lightgbm": LightGBMHead,
+    "knn": KNNHead,
+    "prior": PriorHead,
+}
+
+
+def make_head(kind: str, **params) -> Head:
+    """A new, unfitted head of ``kind`` (one of :data:`HEADS`) with validated ``params``."""
+    if kind not in HEADS:
+        raise ParamError(f"unknown head {kind!r}; choose one of {', '.join(HEADS)}")
+    try:
+        return HEADS[kind](**params)
+    except TypeError as exc:  # an unknown keyword
+        raise ParamError(f"{kind} head: {exc}") from None
+
+
+def load_head(directory) -> Head:
+    """Load any saved head (see :meth:`Head.load`)."""
+    return Head.load(directory)
+
+
+from embedtag.heads.api import (  # noqa: E402  (api needs HEADS defined above)
+    FitReport,
+    evaluate_head,
+    fit_head,
+    labels_for_store,
+    predict_files,
+    predict_store,
+    top_k,
+)
+from embedtag.heads.training import CVResult, cross_validate, train_head  # noqa: E402
+from embedtag.heads.zeroshot import map_labels, zero_shot_scores, zero_shot_store  # noqa: E402
+
+__all__ = ["Head", "HEADS", "make_head", "load_head", "LogisticHead", "MLPHead", "LightGBMHead", "KNNHead",
+           "PriorHead", "fit_head", "predict_store", "predict_files", "evaluate_head", "labels_for_store",
+           "FitReport", "top_k", "train_head", "cross_validate", "CVResult", "map_labels", "zero_shot_scores",
+           "zero_shot_store", "ParamError"]

@@ -1,0 +1,272 @@
+"""Store-level functions: fit a head on an embedding store + labels, predict, evaluate. The CLI is a thin layer
+over these."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from embedtag.datasets import AUDIO_EXTENSIONS, Dataset, load_dataset, to_multi_hot
+from embedtag.errors import DataError
+from embedtag.heads.base import Head, ParamError
+from embedtag.heads.training import CVResult, cross_validate, noisy_mask, train_head
+from embedtag.metrics import accuracy, accuracy_multi, lwlrap, lwlrap_per_class, macro_map
+
+
+def _open(store):
+    from embedtag.store import EmbeddingStore, open_store
+
+    return store if isinstance(store, EmbeddingStore) else open_store(store)
+
+
+def _basename(clip_id: str) -> str:
+    return clip_id.replace("\\", "/").rsplit("/", 1)[-1]
+
+
+def labels_for_store(store, labels=None, vocabulary: list[str] | None = None):
+    """Match labels to the clips of ``store``.
+
+    ``labels``: None (the store's own ``labels`` column), a ``fname,labels`` CSV or any dataset
+    :func:`~embedtag.datasets.load_dataset` reads, or a :class:`Dataset`. A dataset clip matches a store clip by
+    ``clip_id``, else by file name when that is unambiguous. Returns ``(Y, vocabulary, subsets, labelled)``:
+    Y (n_store_clips, n_labels) float32, the ordered vocabulary, each clip's subset (or None), and a mask of the
+    store clips that have labels."""
+    store = _open(store)
+    ids = store.clip_ids
+    if labels is None:
+        lists = store.labels()
+        if all(lab is None for lab in lists):
+            raise DataError(f"store {store.path} carries no labels; pass a labels CSV (--labels)")
+        vocab = list(vocabulary) if vocabulary is not None else sorted({x for lab in lists if lab for x in lab})
+        subsets = [None] * len(ids)
+    else:
+        ds = labels if isinstance(labels, Dataset) else load_dataset(labels, vocabulary)
+        vocab = list(vocabulary) if vocabulary is not None else list(ds.vocabulary)
+        exact = {c: i for i, c in enumerate(ds.clip_ids)}
+        by_name: dict[str, int | None] = {}
+        for i, c in enumerate(ds.clip_ids):
+            b = _basename(c)
+            by_name[b] = None if b in by_name else i  # None marks an ambiguous file name
+        lists, subsets = [], []
+        for c in ids:
+            i = exact.get(c)
+            if i is None:
+                i = by_name.get(_basename(c))
+            lists.append(None if i is None else ds.labels[i])
+            subsets.append(None if i is None else ds.subsets[i])
+        if all(lab is None for lab in lists):
+            src = labels if not isinstance(labels, Dataset) else labels.root
+            raise DataError(f"no clip of store {store.path} (e.g. {ids[0] if ids else 'none'!r}) is named in "
+                            f"{src}; labels are matched by fname = clip_id or file name")
+    labelled = np.array([lab is not None and len(lab) > 0 for lab in lists])
+    Y = to_multi_hot(lists, vocab)
+    return Y, vocab, np.array(subsets, dtype=object), labelled
+
+
+@dataclass
+class FitReport:
+    head: str
+    n_clips: int
+    n_labels: int
+    multi_label: bool
+    fit_time_s: float
+    cv: CVResult | None = None
+    prior_cv_lwlrap: float | None = None
+    zero_shot_lwlrap: float | None = None
+    extra: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        d = {"head": self.head, "n_clips": self.n_clips, "n_labels": self.n_labels, "multi_label": self.multi_label,
+             "fit_time_s": self.fit_time_s, "prior_cv_lwlrap": self.prior_cv_lwlrap,
+             "zero_shot_lwlrap": self.zero_shot_lwlrap, **self.extra}
+        if self.cv is not None:
+            d.update(self.cv.summary())
+        return d
+
+
+def fit_head(store, labels=None, head: str = "mlp", params: dict | None = None, *, noisy_weight: float = 1.0,
+             confidence: str | None = None, confidence_threshold: float = 0.5, folds: int = 0,
+             multi_label: bool | str = "auto", seed: int = 0, vocabulary: list[str] | None = None,
+             progress: bool = True) -> tuple[Head, FitReport]:
+    """Train a head of kind ``head`` on the labelled clips of ``store``; with ``folds >= 2`` first measure it
+    by cross-validation (with the label-prior baseline and, when the store keeps AudioSet scores, the
+    zero-shot baseline on the same clips). Returns the head fitted on all labelled clips and a report."""
+    from embedtag.heads import make_head
+    from embedtag.heads.zeroshot import zero_shot_store
+
+    store = _open(store)
+    Y, vocab, subsets, labelled = labels_for_store(store, labels, vocabulary)
+    if labelled.sum() < 2:
+        raise DataError(f"store {store.path}: {int(labelled.sum())} labelled clips; a head needs at least 2")
+    X = store.embeddings()
+    Xl, Yl, Sl = X[labelled], Y[labelled], subsets[labelled]
+    if multi_label == "auto":
+        multi_label = bool((Yl.sum(1) != 1).any())
+    if not isinstance(multi_label, bool):
+        raise ParamError(f"invalid multi_label={multi_label!r}: expected True, False or 'auto'")
+    params = dict(params or {})
+    make_head(head, **params, multi_label=multi_label, seed=seed)  # validate params before any long work
+
+    def make():
+        return make_head(head, **params, multi_label=multi_label, seed=seed)
+
+    subset_arg = Sl if any(s is not None for s in Sl) else None
+    train_kw = {"noisy_weight": noisy_weight, "confidence": confidence,
+                "confidence_threshold": confidence_threshold}
+    report = FitReport(head, int(labelled.sum()), len(vocab), multi_label, 0.0)
+    if folds:
+        report.cv = cross_validate(make, Xl, Yl, subset=subset_arg, folds=folds, seed=seed, progress=progress,
+                                   **train_kw)
+        prior = cross_validate(lambda: make_head("prior", multi_label=multi_label), Xl, Yl, subset=subset_arg,
+                               folds=folds, seed=seed)
+        report.prior_cv_lwlrap = prior.lwlrap
+        if store.manifest.has_scores:
+            zs, _ = zero_shot_store(store, vocab)
+            scored = report.cv.scored
+            report.zero_shot_lwlrap = lwlrap(Yl[scored], zs[labelled][scored])
+    start = time.perf_counter()
+    fitted = train_head(make, Xl, Yl, subset=subset_arg, **train_kw)
+    report.fit_time_s = time.perf_counter() - start
+    fitted.vocabulary = vocab
+    fitted.backbone = store.manifest.backbone
+    fitted.store_fingerprint = store.fingerprint()
+    fitted.extraction = {"pooling": store.manifest.pooling, "window_s": store.manifest.window_s,
+                         "sample_rate": store.manifest.sample_rate,
+                         "weights_sha256": store.manifest.weights_sha256}
+    clean = ~noisy_mask(subset_arg, len(Xl))
+    fitted.metrics = {**fitted.metrics, **report.as_dict(), "noisy_weight": noisy_weight, "confidence": confidence,
+                      "train_lwlrap": lwlrap(Yl[clean], fitted.predict_proba(Xl[clean]))}
+    return fitted, report
+
+
+def _frame(ids, probs, vocabulary):
+    import pandas as pd
+
+    df = pd.DataFrame(probs, columns=list(vocabulary))
+    df.insert(0, "fname", list(ids))
+    return df
+
+
+def predict_store(head: Head, store):
+    """Probabilities for every clip of ``store`` as a DataFrame in the Kaggle submission layout:
+    ``fname`` (the clip_id) then one column per label in vocabulary order."""
+    store = _open(store)
+    head.check_store(store)
+    return _frame(store.clip_ids, head.predict_proba(store.embeddings()), head.vocabulary)
+
+
+def _audio_inputs(inputs) -> tuple[list[str], list[str]]:
+    """(clip_ids, paths) of the audio files named or found (recursively) under the directories named."""
+    items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    ids, paths = [], []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            for f in sorted(p.rglob("*")):
+                rel = f.relative_to(p)
+                if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS and not any(
+                        part.startswith(".") for part in rel.parts):
+                    ids.append(rel.as_posix())
+                    paths.append(str(f))
+        elif p.is_file():
+            ids.append(p.name)
+            paths.append(str(p))
+        else:
+            raise DataError(f"input not found: {p}")
+    if not paths:
+        raise DataError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) in {', '.join(map(str, items))}")
+    return ids, paths
+
+
+def predict_files(head: Head, inputs, *, batch_size: int | None = None, device: str = "auto",
+                  progress: bool = True):
+    """Embed audio files (or directories of them; clip ids are paths relative to the directory) with the
+    head's backbone and pooling, then predict. Returns the same DataFrame as :func:`predict_store`."""
+    from embedtag.embeddings.pipeline import encode
+
+    if not head.backbone:
+        raise DataError("this head records no backbone, so audio cannot be embedded for it; predict on a store")
+    ids, paths = _audio_inputs(inputs)
+    ext = getattr(head, "extraction", {}) or {}
+    X = encode(paths, model=head.backbone, batch_size=batch_size, device=device,
+               pooling=ext.get("pooling", "mean"), window_s=ext.get("window_s"), progress=progress)
+    return _frame(ids, head.predict_proba(X), head.vocabulary)
+
+
+def top_k(frame, k: int) -> list[dict]:
+    """The ``k`` most probable labels of each clip: ``[{"fname", "tags": [{"label", "probability"}]}]``."""
+    if k < 1:
+        raise ParamError(f"invalid top-k {k}: expected >= 1")
+    labels = list(frame.columns[1:])
+    probs = frame[labels].to_numpy()
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    return [{"fname": f, "tags": [{"label": labels[j], "probability": float(probs[i, j])} for j in order[i]]}
+            for i, f in enumerate(frame["fname"])]
+
+
+def evaluate_head(head: Head, store, labels=None) -> dict:
+    """Score ``head`` on the labelled clips of ``store`` (noisy-subset clips excluded): lwlrap, per-class lwlrap
+    with class weights and average precision, macro mAP, ``accuracy_multi`` and, for single-label data, accuracy.
+    ``per_class`` is a DataFrame sorted by vocabulary order."""
+    import pandas as pd
+    from sklearn.metrics import average_precision_score
+
+    store = _open(store)
+    head.check_store(store)
+    Y, _, subsets, labelled = labels_for_store(store, labels, head.vocabulary)
+    keep = labelled & ~noisy_mask(subsets, len(Y))
+    if not keep.any():
+        raise DataError(f"store {store.path}: no labelled clip to evaluate on")
+    Yk = Y[keep]
+    P = head.predict_proba(store.embeddings()[keep])
+    per_class, weights = lwlrap_per_class(Yk, P)
+    n_pos = Yk.sum(0).astype(int)
+    ap = [average_precision_score(Yk[:, j], P[:, j]) if 0 < n_pos[j] < len(Yk) else np.nan
+          for j in range(Yk.shape[1])]
+    table = pd.DataFrame({"label": head.vocabulary, "n_clips": n_pos, "lwlrap": per_class, "weight": weights,
+                          "average_precision": ap})
+    out = {"n_clips": int(keep.sum()), "lwlrap": lwlrap(Yk, P), "macro_map": macro_map(Yk, P),
+           "accuracy_multi": accuracy_multi(Yk, P), "per_class": table, "truth": Yk, "scores": P}
+    if (Yk.sum(1) == 1).all():
+        out["accuracy"] = accuracy(Yk, P)
+    return out
+
+
+def plot_evaluation(result: dict, out_dir: str | os.PathLike) -> list[Path]:
+    """Save PNG plots of an :func:`evaluate_head` result: per-class lwlrap bars and the score distributions of
+    true vs false labels. Returns the files written."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never needs a display
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = result["per_class"].sort_values("lwlrap")
+    fig, ax = plt.subplots(figsize=(7, max(3, 0.22 * len(table) + 1)))
+    ax.barh(table["label"], table["lwlrap"], color="tab:blue")
+    ax.axvline(result["lwlrap"], color="k", ls="--", label=f"overall lwlrap {result['lwlrap']:.3f}")
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("per-class lwlrap")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    f1 = out_dir / "per_class_lwlrap.png"
+    fig.savefig(f1, dpi=100)
+    plt.close(fig)
+    truth, scores = result["truth"].astype(bool), result["scores"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    bins = np.linspace(0, 1, 41)
+    ax.hist(scores[~truth], bins=bins, alpha=0.6, density=True, label="false labels")
+    ax.hist(scores[truth], bins=bins, alpha=0.6, density=True, label="true labels")
+    ax.set_xlabel("predicted probability")
+    ax.set_ylabel("density")
+    ax.legend()
+    fig.tight_layout()
+    f2 = out_dir / "score_distribution.png"
+    fig.savefig(f2, dpi=100)
+    plt.close(fig)
+    return [f1, f2]
