@@ -1,0 +1,110 @@
+"""`embedtag fit-head / predict / evaluate` end to end on a real store and real audio files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import DATA, require
+from embedtag.cli import main as cli_main
+from embedtag.heads import load_head, predict_store
+from embedtag.store import EmbeddingStore, StoreManifest
+
+
+def main(argv: list[str]) -> None:
+    """Run the console entry point; it always exits, so turn a non-zero exit into a test failure."""
+    with pytest.raises(SystemExit) as exc:
+        cli_main(argv)
+    assert exc.value.code == 0, f"embedtag {' '.join(argv)} exited with {exc.value.code}"
+
+
+@pytest.fixture(scope="module")
+def trained(real_store, tmp_path_factory):
+    store = real_store("dcase2016_task2_office")
+    out = tmp_path_factory.mktemp("cli") / "head"
+    main(["fit-head", str(store.path), "--head", "logreg", "-p", "C=0.1", "--folds", "3", "--out", str(out), "-q"])
+    return store, out
+
+
+def test_fit_head_writes_an_artifact_with_cv_metrics(trained):
+    store, out = trained
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["kind"] == "logreg" and cfg["params"]["C"] == 0.1
+    assert cfg["metrics"]["cv_folds"] == 3
+    assert cfg["metrics"]["cv_lwlrap"] > cfg["metrics"]["zero_shot_lwlrap"] > cfg["metrics"]["prior_cv_lwlrap"]
+    assert (out / "weights.safetensors").is_file()
+
+
+def test_predict_store_round_trips_through_the_artifact(trained, tmp_path):
+    store, out = trained
+    sub = tmp_path / "submission.csv"
+    main(["predict", str(out), str(store.path), "--out", str(sub)])
+    df = pd.read_csv(sub)
+    head = load_head(out)
+    assert list(df.columns) == ["fname", *head.vocabulary]
+    assert df["fname"].tolist() == store.clip_ids
+    direct = predict_store(head, store)
+    # the CSV keeps 6 significant digits
+    np.testing.assert_allclose(df[head.vocabulary].to_numpy(), direct[head.vocabulary].to_numpy(), rtol=1e-5,
+                               atol=1e-7)
+
+
+def test_predict_audio_directory_writes_a_kaggle_submission(trained, tmp_path):
+    store, out = trained
+    audio = require(DATA / "dcase2016_task2_office" / "audio")
+    clips = tmp_path / "clips"
+    (clips / "sub").mkdir(parents=True)
+    names = ["cough004.wav", "keyboard005.wav", "phone036.wav"]
+    for n in names[:2]:
+        shutil.copy(audio / n, clips / n)
+    shutil.copy(audio / names[2], clips / "sub" / names[2])
+    (clips / "notes.txt").write_text("not audio: skipped")
+    sub = tmp_path / "sub.csv"
+    main(["predict", str(out), str(clips), "--out", str(sub), "-q"])
+    df = pd.read_csv(sub)
+    head = load_head(out)
+    assert list(df.columns) == ["fname", *head.vocabulary]
+    assert df["fname"].tolist() == ["cough004.wav", "keyboard005.wav", "sub/phone036.wav"]
+    probs = df[head.vocabulary].to_numpy()
+    assert ((probs >= 0) & (probs <= 1)).all()
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-4)  # single-label head: softmax rows
+    # embedded on the fly with the head's backbone: the same probabilities as from the extracted store
+    from_store = predict_store(head, store).set_index("fname").loc[names, head.vocabulary].to_numpy()
+    np.testing.assert_allclose(probs, from_store, atol=2e-3)
+    assert [head.vocabulary[j] for j in probs.argmax(1)] == ["cough", "keyboard", "phone"]
+
+    tags = tmp_path / "tags.json"
+    main(["predict", str(out), str(clips / "cough004.wav"), "--top-k", "2", "--format", "json", "--out", str(tags),
+          "-q"])
+    top = json.loads(tags.read_text())
+    assert top[0]["fname"] == "cough004.wav" and len(top[0]["tags"]) == 2
+    assert top[0]["tags"][0]["label"] == "cough"
+    assert top[0]["tags"][0]["probability"] >= top[0]["tags"][1]["probability"]
+
+
+def test_evaluate_prints_and_saves_plots(trained, tmp_path, capsys):
+    store, out = trained
+    main(["evaluate", str(out), str(store.path), "--out", str(tmp_path / "eval")])
+    text = capsys.readouterr().out
+    assert "lwlrap" in text and "per class" in text
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert 0.9 < metrics["lwlrap"] <= 1.0 and metrics["n_clips"] == 220 and "accuracy" in metrics
+    assert len(pd.read_csv(tmp_path / "eval" / "per_class.csv")) == 11
+    for png in ("per_class_lwlrap.png", "score_distribution.png"):
+        assert (tmp_path / "eval" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_predict_on_a_store_of_another_backbone_fails_in_one_line(trained, tmp_path, capsys):
+    _, out = trained
+    other = EmbeddingStore.create(tmp_path / "other", StoreManifest("panns-cnn14", 2048, 32000, "mean", 10.0))
+    other.append([{"clip_id": "a.wav", "embedding": np.zeros(2048, np.float32)}])
+    with pytest.raises(SystemExit) as exc:
+        cli_main(["predict", str(out), str(other.path), "--out", str(tmp_path / "x.csv")])
+    assert exc.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "panns-cnn14" in err and "yamnet" in err
+    assert not (tmp_path / "x.csv").exists()
