@@ -187,3 +187,28 @@ def test_parameters_are_validated(tmp_path):
         store = EmbeddingStore.create(tmp_path / "s", StoreManifest("yamnet", 4, 16000, "mean", 10.0))
         store.append([{"clip_id": "a", "embedding": np.zeros(4, np.float32)}])
         fit_head(store, head="knn", progress=False)
+
+
+def test_fit_head_on_an_fsdkaggle2019_layout_uses_subsets(tmp_path):
+    """Labels from train_curated.csv / train_noisy.csv, matched to store clip ids by file name; noisy clips train
+    but are never scored."""
+    rng = np.random.default_rng(0)
+    vocab = ["Bark", "Meow", "Purr"]
+    protos = rng.normal(size=(3, 16)).astype(np.float32) * 3
+    rows, cur, noi = [], ["fname,labels"], ["fname,labels"]
+    for i in range(60):
+        j = i % 3
+        sub = "train_noisy" if i % 2 else "train_curated"
+        name = f"{i:04d}.wav"
+        rows.append({"clip_id": f"{sub}/{name}", "embedding": protos[j] + rng.normal(size=16).astype(np.float32)})
+        (noi if i % 2 else cur).append(f"{name},{vocab[j]}")
+    (tmp_path / "vocabulary.csv").write_text("".join(f"{k},{v}\n" for k, v in enumerate(vocab)))
+    (tmp_path / "train_curated.csv").write_text("\n".join(cur) + "\n")
+    (tmp_path / "train_noisy.csv").write_text("\n".join(noi) + "\n")
+    store = EmbeddingStore.create(tmp_path / "store", StoreManifest("yamnet", 16, 16000, "mean", 10.0))
+    store.append(rows)
+    head, report = fit_head(store, labels=tmp_path, head="logreg", folds=3, noisy_weight=0.5, progress=False)
+    assert head.vocabulary == vocab
+    assert report.cv.scored.sum() == 30 and head.metrics["cv_scored_clips"] == 30
+    assert head.metrics["noisy_clips"] == 30 and head.metrics["noisy_mean_weight"] == 0.5
+    assert report.cv.lwlrap > 0.9 and report.zero_shot_lwlrap is None
