@@ -79,6 +79,14 @@ register(BackboneSpec(
     weights=WeightFile("yamnet", "yamnet.tflite",
                        "https://tfhub.dev/google/lite-model/yamnet/tflite/1?lite-format=tflite"),
     description="YAMNet as a TFLite file (ai-edge-litert; no TensorFlow needed)", extra="lite"))
+register(BackboneSpec(
+    name="efficientat-mn04", family="efficientat", impl="embedtag.embeddings.backbones.efficientat:EfficientATBackbone",
+    embedding_dim=384, sample_rate=32000, n_classes=527,
+    weights=WeightFile("efficientat", "mn04_as_mAP_432.pt",
+                       "https://github.com/fschmid56/EfficientAT/releases/download/v0.0.1/mn04_as_mAP_432.pt",
+                       checksum="sha256:899a8c6217063f6941793102a2780b3dd788ab11fce468d9cf5f0577c453321c"),
+    description="EfficientAT mn04_as (AudioSet mAP 0.432), 32 kHz MobileNetV3 width 0.4, ~1M parameters",
+    extra="all", options={"width_mult": 0.4}))
 
 
 def list_backbones() -> list[BackboneSpec]:

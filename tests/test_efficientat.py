@@ -1,0 +1,100 @@
+"""EfficientAT mn04_as written in embedtag: the real checkpoint loads strictly and tags real audio sensibly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import require
+
+from embedtag.embeddings.backbones.efficientat import MelFrontEnd, kaldi_mel_banks, mn_model
+from embedtag.embeddings.registry import get_spec, load_backbone
+from embedtag.errors import WeightsError
+
+CKPT = "efficientat/mn04_as_mAP_432.pt"
+OFFICE = "dcase2016_task2_office/audio"
+
+
+@pytest.fixture(scope="module")
+def mn04(shared_models):
+    require(shared_models / CKPT)
+    return load_backbone("efficientat-mn04", device="cpu")
+
+
+def _clip(shared_data, name, sr=32000):
+    from embedtag.embeddings.audio import load_audio
+
+    return load_audio(require(shared_data / OFFICE / name), sr)[0]
+
+
+def test_registered_with_release_url_and_checksum():
+    spec = get_spec("efficientat-mn04")
+    assert (spec.family, spec.embedding_dim, spec.sample_rate, spec.n_classes) == ("efficientat", 384, 32000, 527)
+    assert spec.weights.url.endswith("/v0.0.1/mn04_as_mAP_432.pt")
+    assert spec.weights.checksum.startswith("sha256:899a8c62")
+
+
+def test_real_state_dict_loads_strictly(shared_models):
+
+
+    state = torch.load(require(shared_models / CKPT), map_location="cpu", weights_only=True)
+    model = mn_model(0.4, 527)
+    result = model.load_state_dict(state, strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    assert sum(p.numel() for p in model.parameters()) < 1.2e6  # "~1M parameters"
+
+
+def test_wrong_checkpoint_is_a_weights_error(shared_models, tmp_path):
+
+
+    state = torch.load(require(shared_models / CKPT), map_location="cpu", weights_only=True)
+    state.pop("classifier.5.bias")
+    bad = tmp_path / "bad.pt"
+    torch.save(state, bad)
+    with pytest.raises(WeightsError, match="bad.pt"):
+        load_backbone("efficientat-mn04", weights=bad, device="cpu")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(WeightsError, match="junk.pt"):
+        load_backbone("efficientat-mn04", weights=tmp_path / "junk.pt", device="cpu")
+
+
+def test_speech_clips_top_on_speech(mn04, shared_data):
+    waves = [_clip(shared_data, f"speech00{i}.wav") for i in (1, 2, 5)]
+    out = mn04.embed(waves)
+    for row in out.scores:
+        assert mn04.class_names[int(np.argmax(row))] == "Speech"
+    # and a non-speech clip does not: a phone ringing tops on a telephone class
+    phone = mn04.embed([_clip(shared_data, "phone036.wav")]).scores[0]
+    assert "Telephone" in mn04.class_names[int(np.argmax(phone))]
+
+
+def test_shapes_and_batch_invariance(mn04, shared_data):
+    speech = _clip(shared_data, "speech001.wav")
+    waves = [speech, speech[:16000], _clip(shared_data, "knock001.wav"), speech[:48000], speech[5000:53000]]
+    together = mn04.embed(waves, return_frames=True)
+    assert together.embeddings.shape == (5, 384) and together.embeddings.dtype == np.float32
+    assert together.scores.shape == (5, 527) and np.all((together.scores >= 0) & (together.scores <= 1))
+    assert together.frames[0].shape[1] == 384 and together.frames[0].shape[0] >= 2
+    assert np.isfinite(together.embeddings).all()
+    for i, w in enumerate(waves):
+        alone = mn04.embed([w])
+        np.testing.assert_allclose(together.embeddings[i], alone.embeddings[0], atol=1e-4)
+        np.testing.assert_allclose(together.scores[i], alone.scores[0], atol=1e-4)
+    # different clips give different embeddings (the model is not ignoring its input)
+    assert np.abs(together.embeddings[0] - together.embeddings[2]).max() > 0.1
+
+
+def test_front_end_matches_its_definition():
+    banks = kaldi_mel_banks(128, 1024, 32000, 0.0, 15000.0)
+    assert banks.shape == (128, 513)
+    assert torch.all(banks[:, -1] == 0) and torch.all(banks >= 0) and torch.all(banks.max(dim=1).values <= 1)
+    assert banks[:, 480:].sum() == 0  # nothing above fmax (bin 480 = 15 kHz)
+    fe = MelFrontEnd()
+    t = torch.arange(32000) / 32000
+    tone = torch.sin(2 * torch.pi * 1000 * t)[None]
+    mel = fe(tone)
+    assert mel.shape == (1, 128, fe.n_frames(32000)) == (1, 128, 100)
+    # the loudest band holds 1 kHz on the Kaldi mel scale
+    centre_hz = 700 * (np.exp(np.linspace(0, 1127 * np.log1p(15000 / 700), 130)[1:-1] / 1127) - 1)
+    peak = int(mel[0].mean(dim=1).argmax())
+    assert abs(centre_hz[peak] - 1000) < 60
