@@ -146,3 +146,8 @@ def benchmark_cmd(
             t.add_row(stage, "ok")
     console.print(t)
     console.print(f"report: {r['report']['html']} and {r['report']['markdown']}")
+    if r["extract"].get("status") != "ok":
+        # the report is written (it says why), but a run without embeddings is not a benchmark
+        Console(stderr=True).print(f"[bold red]error:[/] {r['extract'].get('reason')}", highlight=False,
+                                   soft_wrap=True)
+        raise typer.Exit(1)

@@ -1,0 +1,279 @@
+"""Run the benchmark scripts and regenerate benchmarks/README.md from the JSON in benchmarks/results/.
+
+    python -m benchmarks.run_all                   # every script, then the README (what `make bench` does)
+    python -m benchmarks.run_all --skip-long       # leave out the hours-long ones (see LONG)
+    python -m benchmarks.run_all --only search_real,heads_real
+    python -m benchmarks.run_all --quick           # smoke run: quick settings, results not saved over the real ones
+    python -m benchmarks.run_all --readme-only     # only re-render the README from the JSON there is
+    python -m benchmarks.run_all --check           # exit 1 if the README does not match the JSON
+
+Each script runs in its own process (``python -m benchmarks.<name>``), so one failing or running out of memory
+does not stop the others; the summary says which failed. The README tables are rendered from the JSON files alone
+(:func:`render_readme`), so the README always matches the results; a script may define
+``markdown(result: dict) -> str`` to render its own JSON, otherwise a generic renderer tabulates it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+RESULTS = HERE / "results"
+README = HERE / "README.md"
+
+#: Benchmark scripts in the order they run (those missing from the checkout are skipped).
+SCRIPTS = ["extract_speed", "heads_speed", "heads_real", "search_speed", "search_real", "finetune_compare"]
+#: Scripts that take hours on a 2-core CPU; ``--skip-long`` leaves them out.
+LONG = {"search_speed", "heads_speed", "finetune_compare"}
+#: Arguments for ``--quick`` (a smoke run that must not overwrite the real results); None: no quick mode, skipped.
+QUICK_ARGS: dict[str, list[str] | None] = {
+    "extract_speed": ["--quick"],  # does not save in quick mode
+    "search_speed": ["--sizes", "20000", "--dims", "1024", "--no-save"],
+    "search_real": ["--out", "/tmp/embedtag_search_real_quick.json"],
+    "heads_speed": None,
+    "heads_real": None,
+    "finetune_compare": None,
+}
+#: significant digits of floats in the generic tables
+DIGITS = 4
+#: columns beyond this are dropped from a generic table (the JSON keeps everything)
+MAX_COLUMNS = 16
+
+
+# ------------------------------------------------------------------------------------------------ running
+def available() -> list[str]:
+    """Scripts present in benchmarks/, known ones first, then any other benchmark module with a main()."""
+    names = [s for s in SCRIPTS if (HERE / f"{s}.py").is_file()]
+    for f in sorted(HERE.glob("*.py")):
+        if f.stem not in names and f.stem not in ("__init__", "run_all") and not f.stem.startswith("_"):
+            names.append(f.stem)
+    return names
+
+
+def run_script(name: str, args: list[str], timeout_s: float | None = None) -> dict:
+    """Run ``python -m benchmarks.<name> *args`` from the repository root; returns status, seconds and rc."""
+    cmd = [sys.executable, "-m", f"benchmarks.{name}", *args]
+    print(f"\n=== {' '.join(cmd[1:])}", flush=True)
+    start = time.perf_counter()
+    try:
+        rc = subprocess.run(cmd, cwd=REPO, timeout=timeout_s).returncode
+    except subprocess.TimeoutExpired:
+        rc = "timeout"
+    return {"script": name, "args": args, "rc": rc, "elapsed_s": round(time.perf_counter() - start, 1)}
+
+
+# ------------------------------------------------------------------------------------------------ rendering
+def _fmt(v) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        if v != v:  # NaN
+            return "–"
+        if v == int(v) and abs(v) >= 1:
+            return f"{int(v):,}" if abs(v) >= 10000 else str(int(v))
+        return f"{v:.{DIGITS}g}" if abs(v) < 1000 else f"{v:,.0f}"
+    if isinstance(v, int):
+        return f"{v:,}" if abs(v) >= 10000 else str(v)
+    if isinstance(v, list):
+        if all(not isinstance(x, (dict, list)) for x in v):
+            return ", ".join(_fmt(x) for x in v)
+        return json.dumps(v, separators=(",", ":"))
+    if isinstance(v, dict):
+        return ", ".join(f"{k}={_fmt(x)}" for k, x in v.items())
+    return str(v).replace("|", "\\|").replace("\n", " ")
+
+
+def _flatten(rows: list[dict]) -> list[dict]:
+    """Flatten nested dicts to dotted keys when every row's dict under that key has the same keys (structured
+    metrics, e.g. ``none.precision_at_k``); free-form ones (e.g. head ``params``) stay one ``k=v`` column."""
+    out = [dict(r) for r in rows]
+    for _ in range(2):  # two levels deep
+        keys = list(dict.fromkeys(k for r in out for k, v in r.items() if isinstance(v, dict)))
+        changed = False
+        for k in keys:
+            shapes = {tuple(r[k]) for r in out if isinstance(r.get(k), dict)}
+            if len(shapes) != 1 or not next(iter(shapes)):
+                continue
+            changed = True
+            for r in out:
+                v = r.pop(k, None)
+                for sub in next(iter(shapes)):
+                    r[f"{k}.{sub}"] = v.get(sub) if isinstance(v, dict) else None
+        if not changed:
+            break
+    return out
+
+
+def table(rows: list[dict], first: str | None = None) -> str:
+    """Markdown table of a list of dicts (union of their keys, in first-seen order; see :func:`_flatten`)."""
+    flat = _flatten(rows)
+    cols: list[str] = []
+    for r in flat:
+        cols += [k for k in r if k not in cols]
+    if first is not None:
+        cols = [first] + [c for c in cols if c != first]
+    dropped = cols[MAX_COLUMNS:]
+    cols = cols[:MAX_COLUMNS]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in flat]
+    if dropped:
+        lines.append(f"\n(columns not shown: {', '.join(dropped)}; see the JSON)")
+    return "\n".join(lines)
+
+
+def generic_markdown(result: dict) -> str:
+    """Tables of any results JSON: top-level scalars as a setup list, each list of records as a table, each dict
+    of records as a table with one row per key, and nested sections recursively (one heading level down)."""
+    return _generic(result, level=3)
+
+
+def _generic(d: dict, level: int) -> str:
+    parts, setup = [], []
+    for k, v in d.items():
+        if isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
+            parts.append(f"{'#' * level} {k}\n\n{table(v)}")
+        elif isinstance(v, dict) and v and all(isinstance(x, dict) for x in v.values()):
+            rows = [{"name": name, **x} for name, x in v.items()]
+            parts.append(f"{'#' * level} {k}\n\n{table(rows, first='name')}")
+        elif isinstance(v, dict) and v and any(isinstance(x, (dict, list)) for x in v.values()) and level < 5:
+            parts.append(f"{'#' * level} {k}\n\n{_generic(v, level + 1)}")
+        elif k != "benchmark":  # the section heading already names it
+            setup.append(f"- **{k}**: {_fmt(v)}")
+    return "\n\n".join(["\n".join(setup)] + parts if setup else parts)
+
+
+def _docline(name: str) -> str:
+    """First line of a script's docstring, read without importing it."""
+    f = HERE / f"{name}.py"
+    if not f.is_file():
+        return ""
+    try:
+        doc = ast.get_docstring(ast.parse(f.read_text(encoding="utf-8"))) or ""
+    except SyntaxError:
+        return ""
+    return doc.strip().splitlines()[0] if doc.strip() else ""
+
+
+def _script_markdown(name: str):
+    """The script's own ``markdown(result) -> str`` renderer, if it defines one (imported lazily)."""
+    if not (HERE / f"{name}.py").is_file():
+        return None
+    try:
+        source = (HERE / f"{name}.py").read_text(encoding="utf-8")
+        if "def markdown(" not in source:
+            return None
+        return getattr(importlib.import_module(f"benchmarks.{name}"), "markdown", None)
+    except Exception:  # a script that cannot import falls back to the generic tables
+        return None
+
+
+def render_section(name: str, result: dict) -> str:
+    """Markdown section of one results JSON."""
+    title = _docline(name) or f"{name}"
+    cmd = f"python -m benchmarks.{name}" if (HERE / f"{name}.py").is_file() else "(no script in benchmarks/)"
+    render = _script_markdown(name)
+    body = None
+    if render is not None:
+        try:
+            body = render(result)
+        except Exception as exc:  # fall back rather than lose the section
+            body = f"(the script's markdown() failed: {type(exc).__name__}; generic tables below)\n\n" + \
+                generic_markdown(result)
+    if body is None:
+        body = generic_markdown(result)
+    return (f"## {name}\n\n{title}\n\nResults: [`results/{name}.json`](results/{name}.json); reproduce with "
+            f"`{cmd}`.\n\n{body}\n")
+
+
+def render_readme(results_dir: Path = RESULTS) -> str:
+    """The whole benchmarks/README.md from the JSON files in ``results_dir`` (sorted by the run order)."""
+    files = sorted(results_dir.glob("*.json")) if results_dir.is_dir() else []
+    order = {s: i for i, s in enumerate(SCRIPTS)}
+    files.sort(key=lambda f: (order.get(f.stem, len(order)), f.stem))
+    head = ("# embedtag benchmarks\n\n"
+            "Generated by `python -m benchmarks.run_all` (`make bench`) from the JSON in `benchmarks/results/`; do "
+            "not edit by hand: re-render with `python -m benchmarks.run_all --readme-only`. Every number below is "
+            "in the JSON of its section, with the machine and date it was measured on. Speed numbers are from "
+            "benchmarks, never from tests. End-to-end reports on one dataset (profile, heads, strategies, "
+            "retrieval, references) come from `embedtag benchmark DATA --out DIR`.\n")
+    sections = []
+    for f in files:
+        try:
+            result = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            sections.append(f"## {f.stem}\n\n(unreadable JSON: {exc})\n")
+            continue
+        if not isinstance(result, dict):
+            result = {"results": result}
+        sections.append(render_section(f.stem, result))
+    missing = [s for s in available() if not (results_dir / f"{s}.json").is_file()]
+    tail = ""
+    if missing:
+        tail = "\n## Not yet run\n\n" + "\n".join(f"- `{s}`: {_docline(s)}" for s in missing) + "\n"
+    return head + "\n" + "\n".join(sections) + tail
+
+
+def write_readme(path: Path = README, results_dir: Path = RESULTS) -> Path:
+    path.write_text(render_readme(results_dir), encoding="utf-8")
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ main
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", default="", help="comma-separated scripts to run (default: all present)")
+    ap.add_argument("--skip", default="", help="comma-separated scripts not to run")
+    ap.add_argument("--skip-long", action="store_true", help=f"do not run {', '.join(sorted(LONG))}")
+    ap.add_argument("--quick", action="store_true", help="smoke run with quick settings; real results untouched")
+    ap.add_argument("--readme-only", action="store_true", help="do not run anything; re-render the README")
+    ap.add_argument("--check", action="store_true", help="exit 1 if README.md does not match the JSON")
+    ap.add_argument("--timeout-s", type=float, default=None, help="per-script time limit")
+    ap.add_argument("--list", action="store_true", help="list the scripts and exit")
+    args = ap.parse_args(argv)
+    names = available()
+    if args.list:
+        for n in names:
+            print(f"{n:18s} {'(long) ' if n in LONG else ''}{_docline(n)}")
+        return 0
+    if args.check:
+        ok = README.is_file() and README.read_text(encoding="utf-8") == render_readme()
+        print("benchmarks/README.md matches the JSON" if ok else
+              "benchmarks/README.md is out of date: run python -m benchmarks.run_all --readme-only")
+        return 0 if ok else 1
+    runs = []
+    if not args.readme_only:
+        only = [s for s in args.only.split(",") if s]
+        unknown = [s for s in only if s not in names]
+        if unknown:
+            ap.error(f"unknown script(s): {', '.join(unknown)}; present: {', '.join(names)}")
+        skip = set(s for s in args.skip.split(",") if s) | (LONG if args.skip_long else set())
+        for name in (only or names):
+            if name in skip:
+                print(f"skipped {name}")
+                continue
+            extra = []
+            if args.quick:
+                extra = QUICK_ARGS.get(name)
+                if extra is None:
+                    print(f"skipped {name} (no quick mode that leaves the real results alone)")
+                    continue
+            runs.append(run_script(name, extra, args.timeout_s))
+    if not args.quick:
+        print(f"\nwrote {write_readme().relative_to(REPO)}")
+    for r in runs:
+        print(f"{r['script']:18s} {'ok' if r['rc'] == 0 else 'FAILED (' + str(r['rc']) + ')'} in {r['elapsed_s']} s")
+    return 1 if any(r["rc"] != 0 for r in runs) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
