@@ -43,7 +43,7 @@ KNOWN_DATASETS: dict[str, dict] = {
                   "FSDKaggle2019.audio_test.zip"),
         "layout": ("the meta zip's *_post_competition.csv and vocabulary.csv files and the audio folders renamed "
                    "train_curated/, train_noisy/, test/"),
-        "probe": ("train_curated", "*.wav"),
+        "probe": "train_curated",  # the folder whose audio says the download is there
     },
     "esc50": {
         "aliases": ("esc50", "esc-50"),
@@ -51,7 +51,7 @@ KNOWN_DATASETS: dict[str, dict] = {
         "what": "ESC-50",
         "files": "the repository archive (about 600 MB)",
         "layout": "meta/esc50.csv and audio/*.wav (the contents of the archive's ESC-50-master/ folder)",
-        "probe": ("audio", "*.wav"),
+        "probe": "audio",
     },
 }
 
@@ -114,8 +114,10 @@ def resolve_dataset(data: str | os.PathLike) -> Path:
             elif (p / "meta" / "esc50.csv").is_file():
                 key = "esc50"
         if key is not None:
-            sub, pattern = KNOWN_DATASETS[key]["probe"]
-            if not (p / sub).is_dir() or next((p / sub).glob(pattern), None) is None:
+            from embedtag.datasets import AUDIO_EXTENSIONS
+
+            sub = KNOWN_DATASETS[key]["probe"]
+            if not (p / sub).is_dir() or not any(f.suffix.lower() in AUDIO_EXTENSIONS for f in (p / sub).iterdir()):
                 raise MissingDatasetError(_missing_message(key, p, f"no audio in {p / sub}"))
         return p
     if key is not None:

@@ -120,7 +120,10 @@ def benchmark_cmd(
 
     from embedtag.benchmark import run_benchmark
 
-    command = "embedtag benchmark " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 2 else None
+    # rebuilt from the parsed options (not sys.argv), so the report shows every setting, defaults included
+    command = " ".join(["embedtag benchmark", shlex.quote(str(data)), "--out", shlex.quote(str(out)), "--backbone",
+                        backbone, "--heads", heads, "--folds", str(folds), "--seed", str(seed)]
+                       + (["--finetune"] if finetune else []) + ([] if levels else ["--no-levels"]))
     r = run_benchmark(data, out, backbone=backbone, heads=heads, folds=folds, finetune=finetune, seed=seed,
                       batch_size=batch_size, device=device, levels=levels, progress=not quiet, command=command)
     console = Console()

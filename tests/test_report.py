@@ -1,0 +1,202 @@
+"""`embedtag benchmark` and its report: real audio, real YAMNet, the HTML opened in headless Chromium."""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from conftest import DATA, IN_CI, require
+from embedtag.cli import main
+from embedtag.report import REFERENCES, not_run, rank_among_references, write_report
+
+GOLDLAB = "goldlab_oddball_novel_sounds"
+SECTIONS = ["Summary", "References", "Dataset profile", "Heads and noisy-label strategies", "Per-class lwlrap",
+            "Most-confused label pairs", "Retrieval", "Fine-tuning", "Throughput and memory", "Provenance"]
+PLOTS = {"duration_histogram.png", "lwlrap_by_strategy.png", "per_class_lwlrap.png", "confused_pairs.png",
+         "retrieval_precision_at_k.png", "throughput_memory.png"}
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    try:
+        main(list(map(str, argv)))
+        code = 0
+    except SystemExit as exc:
+        code = exc.code or 0
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def goldlab_rows():
+    src = require(DATA / GOLDLAB)
+    return src, list(csv.DictReader(open(src / "labels.csv", encoding="utf-8")))
+
+
+def make_esc50_layout(root):
+    """The ESC-50 layout (meta/esc50.csv + audio/) over the real goldlab clips, five folds."""
+    src, rows = goldlab_rows()
+    (root / "meta").mkdir(parents=True)
+    (root / "audio").mkdir()
+    cats = sorted({r["labels"] for r in rows})
+    with open(root / "meta" / "esc50.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["filename", "fold", "target", "category"])
+        for i, r in enumerate(rows):
+            (root / "audio" / r["fname"]).symlink_to(src / "audio" / r["fname"])
+            w.writerow([r["fname"], i % 5 + 1, cats.index(r["labels"]), r["labels"]])
+
+
+def chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        path = shutil.which(name)
+        if path:
+            return path
+    msg = "headless Chromium is not installed (Debian/Ubuntu: apt-get install -y chromium)"
+    if IN_CI:
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
+# Collects load errors from the start and, once everything has loaded, writes what the page looks like into the
+# DOM for --dump-dom to return: images that did not decode, and where each section heading sits.
+PROBE = """<script>
+window.__errors = [];
+window.addEventListener('error', function (e) {
+  window.__errors.push(e.message || ('failed to load ' + ((e.target && (e.target.src || e.target.href)) || '?')).slice(0, 80));
+}, true);
+window.addEventListener('load', function () {
+  var imgs = Array.prototype.slice.call(document.images);
+  var out = {images: imgs.length,
+             broken: imgs.filter(function (i) { return !(i.complete && i.naturalWidth > 0); }).length,
+             sections: Array.prototype.map.call(document.querySelectorAll('section > h2'), function (h) {
+               return [h.textContent, Math.round(h.getBoundingClientRect().top)]; }),
+             height: document.documentElement.scrollHeight, errors: window.__errors};
+  var pre = document.createElement('pre'); pre.id = 'probe'; pre.textContent = JSON.stringify(out);
+  document.body.appendChild(pre);
+});
+</script>"""
+
+
+def open_in_chromium(report_html, tmp_path) -> tuple[dict, np.ndarray]:
+    """Open the report in headless Chromium: the probe's findings and a full-page screenshot (RGB array)."""
+    exe = chromium()
+    page = tmp_path / "probe.html"
+    page.write_text(report_html.read_text(encoding="utf-8").replace("<head>", "<head>" + PROBE, 1),
+                    encoding="utf-8")
+    flags = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--mute-audio",
+             "--no-first-run", "--disable-extensions"]
+    dom = subprocess.run(flags + ["--virtual-time-budget=10000", "--window-size=1280,900", "--dump-dom",
+                                  page.as_uri()], capture_output=True, text=True, timeout=120)
+    m = re.search(r'<pre id="probe">(.*?)</pre>', dom.stdout, re.S)
+    assert m, f"the page did not finish loading in Chromium: {dom.stderr[-2000:]}"
+    probe = json.loads(html.unescape(m.group(1)))
+    height = min(int(probe["height"]) + 50, 16000)
+    shot = tmp_path / "screenshot.png"
+    subprocess.run(flags + [f"--window-size=1280,{height}", f"--screenshot={shot}", page.as_uri()],
+                   capture_output=True, text=True, timeout=120, check=True)
+    from PIL import Image
+
+    return probe, np.asarray(Image.open(shot).convert("RGB"))
+
+
+# ------------------------------------------------------------------------------------------------ unit
+def test_references_and_ranking():
+    esc = {r["name"]: r["value"] for r in REFERENCES if r["dataset"] == "esc50"}
+    assert sorted(esc.values()) == [0.7505, 0.813, 0.8375, 0.9085, 0.9665]
+    fsd = sorted(r["value"] for r in REFERENCES if r["dataset"] == "fsdkaggle2019")
+    assert fsd == [0.537, 0.546, 0.76]
+    assert all(r["url"].startswith("https://") and r["source"] for r in REFERENCES)
+    assert rank_among_references(0.85, "esc50", "accuracy").startswith("accuracy 0.8500 would rank #3 of 6")
+    assert "above every reference" in rank_among_references(0.99, "esc50", "accuracy")
+    assert "#4 of 4" in rank_among_references(0.5, "fsdkaggle2019", "lwlrap")
+    assert rank_among_references(0.5, "folder", "lwlrap") is None
+
+
+def test_stages_that_did_not_run_say_why(tmp_path):
+    results = {"dataset": {"name": "x", "path": "/x", "layout": "folder", "n_clips": 3, "n_labels": 2},
+               "provenance": {"backbone": "yamnet", "seed": 0},
+               "profile": not_run("profile failed: boom"), "extract": not_run("no weights"),
+               "heads": not_run("no embeddings (no weights)"), "retrieval": not_run("no embeddings (no weights)")}
+    paths = write_report(results, tmp_path)
+    md = paths["markdown"].read_text()
+    assert "not run: profile failed: boom" in md and "not run: no embeddings (no weights)" in md
+    assert "not run: not requested" in md  # fine-tuning absent
+    assert all(f"## {s}" in md for s in SECTIONS)
+    assert paths["plots"] == []
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+def test_benchmark_known_dataset_missing_then_present(tmp_path, capsys, monkeypatch, shared_models):
+    """`embedtag benchmark esc50` says what to download and where; once it is there the same command runs and
+    the report, opened in headless Chromium, shows every section and plot."""
+    monkeypatch.setenv("EMBEDTAG_DATA", str(tmp_path / "data"))
+    argv = ["benchmark", "esc50", "--out", tmp_path / "report", "--heads", "logreg,mlp", "-q"]
+    code, _, err = run(capsys, *argv)
+    assert code == 1
+    msg = " ".join(err.split())
+    assert "github.com/karolpiczak/ESC-50" in msg and str(tmp_path / "data" / "esc50") in msg
+    assert "meta/esc50.csv" in msg and "Traceback" not in err
+
+    make_esc50_layout(tmp_path / "data" / "esc50")
+    code, out, err = run(capsys, *argv)
+    assert code == 0, err
+    rep = tmp_path / "report"
+    assert PLOTS <= {p.name for p in rep.glob("*.png")}
+    r = json.loads((rep / "results.json").read_text())
+    assert r["dataset"]["layout"] == "esc50" and r["extract"]["n_stored"] == 79
+    assert r["heads"]["cv_description"].startswith("5-fold CV on the dataset's own folds")
+    assert {row["head"] for row in r["heads"]["rows"]} == {"logreg", "mlp"}
+    assert all(0 < row["lwlrap"] <= 1 and row["accuracy"] is not None for row in r["heads"]["rows"])
+    assert r["heads"]["best"]["lwlrap"] > r["heads"]["baselines"]["prior"]  # real embeddings beat label priors
+    assert len(r["provenance"]["weights_sha256"]) == 64 and r["provenance"]["versions"]["tensorflow"]
+    assert r["retrieval"]["k"][:3] == [1, 3, 5]
+    md = (rep / "report.md").read_text()
+    assert all(f"## {s}" in md for s in SECTIONS)
+    assert "would rank #" in md and "HEAR 2021" in md and r["provenance"]["weights_sha256"] in md
+    page = (rep / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == len(PLOTS)
+    assert not re.search(r'(src|href)="(?!data:|#|https://)', page) and "<script" not in page
+    assert not re.search(r'src="https?:', page) and "<link" not in page  # no external resources
+
+    probe, shot = open_in_chromium(rep / "report.html", tmp_path)
+    assert probe["errors"] == [] and probe["broken"] == 0 and probe["images"] == len(PLOTS)
+    titles = [t for t, _ in probe["sections"]]
+    assert titles == SECTIONS
+    tops = [y for _, y in probe["sections"]]
+    assert tops == sorted(tops) and tops[-1] < shot.shape[0]  # every section is inside the screenshot
+    # the screenshot is a rendered page with the plots drawn, not a blank or an error page: matplotlib's blue
+    # bars (tab:blue = 31,119,180) cover a real area
+    blue = (np.abs(shot.astype(int) - [31, 119, 180]).sum(-1) < 30).sum()
+    assert blue > 5000, blue
+    assert (shot.reshape(-1, 3) != 255).any(1).mean() > 0.05
+
+
+def test_benchmark_noisy_subset_runs_every_strategy(tmp_path, capsys, shared_models):
+    """A dataset with curated and noisy subsets is benchmarked with each noisy-label strategy; noisy clips only
+    train."""
+    src, rows = goldlab_rows()
+    root = tmp_path / "noisy"
+    root.mkdir()
+    (root / "audio").symlink_to(src / "audio")
+    with open(root / "labels.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["fname", "labels", "subset"])
+        w.writerows([r["fname"], r["labels"], "curated" if i % 2 == 0 else "noisy"] for i, r in enumerate(rows))
+    code, _, err = run(capsys, "benchmark", root, "--out", tmp_path / "rep", "--heads", "logreg", "--folds", "3",
+                       "-q", "--no-levels")
+    assert code == 0, err
+    r = json.loads((tmp_path / "rep" / "results.json").read_text())
+    strategies = [row["strategy"] for row in r["heads"]["rows"]]
+    assert strategies == ["curated only", "pooled (noisy weight 1)", "noisy weight 0.3", "confidence weighting",
+                          "confidence drop (< 0.5)"]  # the MLP-only ones (Lsoft, smoothing) are not run for logreg
+    assert r["heads"]["n_scored_clips"] == 40 and r["heads"]["n_train_clips"] == 79
+    assert set(r["profile"]["label_counts"]) == {"curated", "noisy"}
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "confidence drop (< 0.5)" in md and "over the curated clips" in md
+    assert (tmp_path / "rep" / "lwlrap_by_strategy.png").stat().st_size > 10_000
