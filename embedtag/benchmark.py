@@ -297,31 +297,55 @@ def _retrieval(store, ds, seed: int, max_queries: int) -> dict:
     return out
 
 
-def _finetune(ds, store, backbone: str, folds: int, seed: int, out_dir: Path) -> dict:
-    """Fine-tuning through ``embedtag.finetune.benchmark(dataset, backbone=, folds=, seed=, out_dir=) -> dict``
-    when the installed embedtag has it."""
+def _finetune(ds, backbone: str, folds: int, seed: int, epochs, device: str, out_dir: Path, progress: bool,
+              best_head: dict | None) -> dict:
+    """Fine-tune a CNN end to end with :func:`embedtag.finetune.finetune` (K-fold, out-of-fold lwlrap). The run
+    directory is resumed, so re-running the benchmark continues an interrupted fine-tune instead of restarting."""
     import importlib.util
 
     if importlib.util.find_spec("embedtag.finetune") is None:
         return not_run("embedtag.finetune is not part of this installation")
-    import embedtag.finetune as ft
+    from embedtag.finetune import FINETUNABLE, finetune
 
-    fn = getattr(ft, "benchmark", None)
-    if fn is None:
-        return not_run("embedtag.finetune has no benchmark(dataset, backbone=, folds=, seed=, out_dir=) entry point")
-    result = fn(ds, backbone=backbone, folds=folds, seed=seed, out_dir=out_dir)
-    return {"status": "ok", **dict(result)}
+    notes = []
+    ft_backbone = backbone
+    if backbone not in FINETUNABLE:
+        ft_backbone = FINETUNABLE[0]
+        notes.append(f"{backbone} cannot be fine-tuned here; fine-tuned {ft_backbone} instead "
+                     f"(fine-tunable: {', '.join(FINETUNABLE)})")
+    stages = ("noisy", "curated") if "noisy" in ds.subsets else ("curated",)
+    if any(f is not None for f in ds.folds):
+        notes.append("fine-tuning uses stratified folds, not the dataset's own folds")
+    kwargs = {} if epochs is None else {"epochs": epochs}
+    start = time.perf_counter()
+    result = finetune(ds, backbone=ft_backbone, out=out_dir, stages=stages, folds=folds, seed=seed, device=device,
+                      progress=progress, resume=True, **kwargs)
+    out = {"status": "ok", "backbone": ft_backbone, "cv_lwlrap": result.cv_lwlrap,
+           "fold_lwlrap": list(result.fold_lwlrap),
+           "fold_std": float(np.std(result.fold_lwlrap)) if result.fold_lwlrap else None,
+           "stages": ",".join(stages), "epochs": str(result.config.get("train", {}).get("epochs")),
+           "device": result.config.get("device"), "elapsed_s": round(time.perf_counter() - start, 1),
+           "run_dir": str(result.path), "note": result.config.get("note", "")}
+    if best_head and result.cv_lwlrap is not None:
+        out["best_head"] = f"{best_head['head']} / {best_head['strategy']}"
+        out["best_head_lwlrap"] = best_head["lwlrap"]
+        out["gain_over_best_head"] = result.cv_lwlrap - best_head["lwlrap"]
+    if notes:
+        out["notes"] = "; ".join(notes)
+    return out
 
 
 def run_benchmark(data: str | os.PathLike, out_dir: str | os.PathLike, *, backbone: str = "yamnet",
                   heads: list[str] | tuple[str, ...] | str = ("logreg", "mlp"), folds: int = 5, finetune: bool = False,
-                  seed: int = 0, batch_size: int | None = None, device: str = "auto", levels: bool = True,
+                  finetune_epochs: int | tuple[int, ...] | None = None, seed: int = 0, batch_size: int | None = None, device: str = "auto", levels: bool = True,
                   max_queries: int = 2000, progress: bool = True, command: str | None = None) -> dict:
     """Run profile -> extract -> heads -> (fine-tune) -> retrieval on the dataset ``data`` and write the report
     into ``out_dir`` (``report.md``, ``report.html``, PNGs, ``results.json``; the store in ``out_dir/store``).
 
     ``data``: a dataset folder in any layout :func:`~embedtag.datasets.load_dataset` reads, or a known dataset name
     (``fsdkaggle2019``, ``esc50``) under :func:`data_home`. ``heads``: head kinds (``logreg,mlp,...``).
+    ``finetune``: also fine-tune a CNN end to end (:func:`embedtag.finetune.finetune`, ``finetune_epochs`` per
+    stage, default its own), written to and resumed from ``out_dir/finetune``.
     Returns the results dict (with ``report`` paths added)."""
     from embedtag.datasets import load_dataset
     from embedtag.heads import HEADS
@@ -345,7 +369,7 @@ def run_benchmark(data: str | os.PathLike, out_dir: str | os.PathLike, *, backbo
                     "n_labels": len(ds.vocabulary), "multi_label": ds.is_multi_label,
                     "has_noisy": "noisy" in ds.subsets},
         "provenance": {"machine": machine_info(), "versions": versions(), "backbone": backbone, "seed": seed,
-                       "folds": folds, "heads": head_list, "time_utc": started, "device": device,
+                       "folds": folds, "heads": head_list, "finetune_epochs": finetune_epochs, "time_utc": started, "device": device,
                        "command": command or f"run_benchmark({str(data)!r}, {str(out_dir)!r})"},
     }
     results["profile"] = stages.run("profile", _guarded, "profile", lambda: {
@@ -367,8 +391,9 @@ def run_benchmark(data: str | os.PathLike, out_dir: str | os.PathLike, *, backbo
     results["heads"] = stages.run("heads", _guarded, "heads", _heads, store, ds, head_list, folds, seed,
                                   progress) if store is not None else missing
     if finetune:
-        results["finetune"] = stages.run("finetune", _guarded, "fine-tune", _finetune, ds, store, backbone, folds,
-                                         seed, out_dir / "finetune")
+        best_head = results["heads"].get("best") if results["heads"].get("status") == "ok" else None
+        results["finetune"] = stages.run("finetune", _guarded, "fine-tune", _finetune, ds, backbone, folds, seed,
+                                         finetune_epochs, device, out_dir / "finetune", progress, best_head)
     else:
         results["finetune"] = not_run("not requested (pass --finetune)")
     results["retrieval"] = stages.run("retrieval", _guarded, "retrieval", _retrieval, store, ds, seed,

@@ -562,8 +562,15 @@ def write_report(results: dict, out_dir: str | os.PathLike, *, title: str | None
     sections.append(ft_sec)
     ft = results.get("finetune") or not_run("not requested (use --finetune)")
     if _not_run_section(ft_sec, ft):
-        ft_sec.table(["metric", "value"], [[k, v] for k, v in ft.items() if k != "status" and
-                                           isinstance(v, (int, float, str))])
+        if ft.get("cv_lwlrap") is not None and ft.get("best_head_lwlrap") is not None:
+            ft_sec.p(f"Fine-tuned {ft['backbone']} end to end: out-of-fold lwlrap {ft['cv_lwlrap']:.4f} against "
+                     f"{ft['best_head_lwlrap']:.4f} for the best head on frozen embeddings ({ft['best_head']}).")
+        rows = [[k, ", ".join(f"{x:.4f}" for x in v) if isinstance(v, list) else v] for k, v in ft.items()
+                if k not in ("status", "note", "notes")]
+        ft_sec.table(["item", "value"], rows)
+        for key in ("notes", "note"):
+            if ft.get(key):
+                ft_sec.note(str(ft[key]))
 
     # --- resources
     res_sec = _Section("resources", "Throughput and memory")

@@ -178,8 +178,8 @@ def test_benchmark_known_dataset_missing_then_present(tmp_path, capsys, monkeypa
 
 
 def test_benchmark_noisy_subset_runs_every_strategy(tmp_path, capsys, shared_models):
-    """A dataset with curated and noisy subsets is benchmarked with each noisy-label strategy; noisy clips only
-    train."""
+    """A dataset with curated and noisy subsets is benchmarked (real EfficientAT mn04) with each noisy-label
+    strategy; noisy clips only train."""
     src, rows = goldlab_rows()
     root = tmp_path / "noisy"
     root.mkdir()
@@ -188,10 +188,11 @@ def test_benchmark_noisy_subset_runs_every_strategy(tmp_path, capsys, shared_mod
         w = csv.writer(f)
         w.writerow(["fname", "labels", "subset"])
         w.writerows([r["fname"], r["labels"], "curated" if i % 2 == 0 else "noisy"] for i, r in enumerate(rows))
-    code, _, err = run(capsys, "benchmark", root, "--out", tmp_path / "rep", "--heads", "logreg", "--folds", "3",
-                       "-q", "--no-levels")
+    code, _, err = run(capsys, "benchmark", root, "--out", tmp_path / "rep", "--backbone", "efficientat-mn04",
+                       "--heads", "logreg", "--folds", "3", "-q", "--no-levels")
     assert code == 0, err
     r = json.loads((tmp_path / "rep" / "results.json").read_text())
+    assert r["provenance"]["backbone"] == "efficientat-mn04" and r["extract"]["n_stored"] == 79
     strategies = [row["strategy"] for row in r["heads"]["rows"]]
     assert strategies == ["curated only", "pooled (noisy weight 1)", "noisy weight 0.3", "confidence weighting",
                           "confidence drop (< 0.5)"]  # the MLP-only ones (Lsoft, smoothing) are not run for logreg

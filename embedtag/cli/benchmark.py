@@ -106,7 +106,10 @@ def benchmark_cmd(
     backbone: str = typer.Option("yamnet", help="Backbone (see `embedtag models`)."),
     heads: str = typer.Option("logreg,mlp", help="Comma-separated heads: logreg, mlp, lightgbm, knn, prior."),
     folds: int = typer.Option(5, min=2, help="Cross-validation folds (a dataset's own folds win, e.g. ESC-50)."),
-    finetune: bool = typer.Option(False, "--finetune", help="Also fine-tune the backbone (embedtag.finetune)."),
+    finetune: bool = typer.Option(False, "--finetune", help="Also fine-tune a CNN end to end (embedtag.finetune; "
+                                                            "resumed from OUT/finetune when interrupted)."),
+    finetune_epochs: int | None = typer.Option(None, "--finetune-epochs", min=1,
+                                               help="Fine-tuning epochs per stage (default: embedtag.finetune's)."),
     seed: int = typer.Option(0, min=0, help="Seed of folds and heads."),
     batch_size: int | None = typer.Option(None, "--batch-size", help="Extraction batch size (default: backbone's)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, mps."),
@@ -123,8 +126,11 @@ def benchmark_cmd(
     # rebuilt from the parsed options (not sys.argv), so the report shows every setting, defaults included
     command = " ".join(["embedtag benchmark", shlex.quote(str(data)), "--out", shlex.quote(str(out)), "--backbone",
                         backbone, "--heads", heads, "--folds", str(folds), "--seed", str(seed)]
-                       + (["--finetune"] if finetune else []) + ([] if levels else ["--no-levels"]))
-    r = run_benchmark(data, out, backbone=backbone, heads=heads, folds=folds, finetune=finetune, seed=seed,
+                       + (["--finetune"] if finetune else [])
+                       + (["--finetune-epochs", str(finetune_epochs)] if finetune_epochs else [])
+                       + ([] if levels else ["--no-levels"]))
+    r = run_benchmark(data, out, backbone=backbone, heads=heads, folds=folds, finetune=finetune,
+                      finetune_epochs=finetune_epochs, seed=seed,
                       batch_size=batch_size, device=device, levels=levels, progress=not quiet, command=command)
     console = Console()
     t = Table(title=f"benchmark: {r['dataset']['name']} with {backbone}")
@@ -145,6 +151,9 @@ def benchmark_cmd(
         elif stage == "profile":
             flagged = ", ".join(f"{k} {n}" for k, n in v["flag_counts"].items() if n) or "none"
             t.add_row(stage, f"{v['n_clips']} clips, flagged: {flagged}")
+        elif stage == "finetune":
+            cv = v.get("cv_lwlrap")
+            t.add_row(stage, f"{v['backbone']}: lwlrap {cv:.4f}" if cv is not None else "ran, nothing scored")
         else:
             t.add_row(stage, "ok")
     console.print(t)
