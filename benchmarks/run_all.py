@@ -6,6 +6,11 @@
     python -m benchmarks.run_all --quick           # smoke run: quick settings, results not saved over the real ones
     python -m benchmarks.run_all --readme-only     # only re-render the README from the JSON there is
     python -m benchmarks.run_all --check           # exit 1 if the README does not match the JSON
+    python -m benchmarks.run_all --only benchmark_reports   # only `embedtag benchmark` on every real dataset
+
+``benchmark_reports`` (built in, no script) runs :func:`embedtag.benchmark.run_benchmark` on every labelled dataset in
+../shared/data with each backbone of ``--backbones``, keeps the full reports under ``--reports-dir`` and the summary
+rows in results/benchmark_reports.json.
 
 Each script runs in its own process (``python -m benchmarks.<name>``), so one failing or running out of memory
 does not stop the others; the summary says which failed. The README tables are rendered from the JSON files alone
@@ -30,7 +35,11 @@ RESULTS = HERE / "results"
 README = HERE / "README.md"
 
 #: Benchmark scripts in the order they run (those missing from the checkout are skipped).
-SCRIPTS = ["extract_speed", "heads_speed", "heads_real", "search_speed", "search_real", "finetune_compare"]
+SCRIPTS = ["extract_speed", "heads_speed", "heads_real", "search_speed", "search_real", "finetune_compare",
+           "benchmark_reports"]
+#: Steps run inside this process rather than as a script (name -> one-line description).
+BUILTIN = {"benchmark_reports": "`embedtag benchmark` on every labelled dataset in ../shared/data: the best head "
+                                "and noisy-label strategy, baselines, retrieval, throughput and memory per backbone."}
 #: Scripts that take hours on a 2-core CPU; ``--skip-long`` leaves them out.
 LONG = {"search_speed", "heads_speed", "finetune_compare"}
 #: Arguments for ``--quick`` (a smoke run that must not overwrite the real results); None: no quick mode, skipped.
@@ -41,6 +50,7 @@ QUICK_ARGS: dict[str, list[str] | None] = {
     "heads_speed": None,
     "heads_real": None,
     "finetune_compare": None,
+    "benchmark_reports": None,
 }
 #: significant digits of floats in the generic tables
 DIGITS = 4
@@ -51,7 +61,7 @@ MAX_COLUMNS = 16
 # ------------------------------------------------------------------------------------------------ running
 def available() -> list[str]:
     """Scripts present in benchmarks/, known ones first, then any other benchmark module with a main()."""
-    names = [s for s in SCRIPTS if (HERE / f"{s}.py").is_file()]
+    names = [s for s in SCRIPTS if (HERE / f"{s}.py").is_file() or s in BUILTIN]
     for f in sorted(HERE.glob("*.py")):
         if f.stem not in names and f.stem not in ("__init__", "run_all") and not f.stem.startswith("_"):
             names.append(f.stem)
@@ -139,8 +149,22 @@ def generic_markdown(result: dict) -> str:
 
 def _generic(d: dict, level: int) -> str:
     parts, setup = [], []
+    # sibling records with the same keys (e.g. {"yamnet": {...}, "panns-cnn14": {...}}) make one table
+    groups: dict[tuple, list[str]] = {}
     for k, v in d.items():
-        if isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
+        if isinstance(v, dict) and v and not all(isinstance(x, dict) for x in v.values()):
+            groups.setdefault(tuple(v), []).append(k)
+    grouped = {k: names for names in groups.values() if len(names) > 1 for k in names}
+    done: set = set()
+    for k, v in d.items():
+        if k in done:
+            continue
+        if k in grouped:
+            names = grouped[k]
+            done.update(names)
+            parts.append(f"{'#' * level} {', '.join(names)}\n\n"
+                         + table([{"name": n, **d[n]} for n in names], first="name"))
+        elif isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
             parts.append(f"{'#' * level} {k}\n\n{table(v)}")
         elif isinstance(v, dict) and v and all(isinstance(x, dict) for x in v.values()):
             rows = [{"name": name, **x} for name, x in v.items()]
@@ -155,6 +179,8 @@ def _generic(d: dict, level: int) -> str:
 def _docline(name: str) -> str:
     """First line of a script's docstring, read without importing it."""
     f = HERE / f"{name}.py"
+    if name in BUILTIN:
+        return BUILTIN[name]
     if not f.is_file():
         return ""
     try:
@@ -180,7 +206,8 @@ def _script_markdown(name: str):
 def render_section(name: str, result: dict) -> str:
     """Markdown section of one results JSON."""
     title = _docline(name) or f"{name}"
-    cmd = f"python -m benchmarks.{name}" if (HERE / f"{name}.py").is_file() else "(no script in benchmarks/)"
+    cmd = (f"python -m benchmarks.{name}" if (HERE / f"{name}.py").is_file() else
+           f"python -m benchmarks.run_all --only {name}" if name in BUILTIN else "(no script in benchmarks/)")
     render = _script_markdown(name)
     body = None
     if render is not None:
@@ -228,6 +255,70 @@ def write_readme(path: Path = README, results_dir: Path = RESULTS) -> Path:
     return path
 
 
+# ------------------------------------------------------------------------------------------------ reports
+def shared_datasets(shared: Path) -> list[Path]:
+    """Labelled audio datasets (labels.csv + audio/) under ``shared/data``."""
+    data = shared / "data"
+    if not data.is_dir():
+        return []
+    return [d for d in sorted(data.iterdir()) if (d / "labels.csv").is_file() and (d / "audio").is_dir()]
+
+
+def run_reports(shared: Path, reports_dir: Path, backbones: list[str], heads: str, folds: int) -> dict:
+    """``run_benchmark`` on every shared dataset x backbone; returns status like :func:`run_script` and writes
+    results/benchmark_reports.json with one summary row per run."""
+    import os
+
+    from embedtag.report import machine_info, versions
+
+    os.environ.setdefault("EMBEDTAG_WEIGHTS_DIR", str(shared / "models"))
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    start = time.perf_counter()
+    rows, failed = [], 0
+    datasets = shared_datasets(shared)
+    for d in datasets:
+        for bb in backbones:
+            print(f"\n=== embedtag benchmark {d} --backbone {bb} --heads {heads} --folds {folds}", flush=True)
+            out = reports_dir / f"{d.name}__{bb}"
+            # its own process: one run's memory is its own peak, and a crash loses only that run
+            rc = subprocess.run([sys.executable, "-m", "embedtag", "benchmark", str(d), "--out", str(out),
+                                 "--backbone", bb, "--heads", heads, "--folds", str(folds), "-q"], cwd=REPO).returncode
+            try:
+                r = json.loads((out / "results.json").read_text(encoding="utf-8"))
+                if rc != 0:
+                    raise RuntimeError(f"exit code {rc}")
+            except (OSError, ValueError, RuntimeError) as exc:
+                failed += 1
+                rows.append({"dataset": d.name, "backbone": bb, "error": f"{type(exc).__name__}: {exc}"[:200]})
+                continue
+            h, ret, ext = r["heads"], r["retrieval"], r["extract"]
+            ok = h.get("status") == "ok"
+            p5 = (dict(zip(ret["k"], ret["precision_at_k"])).get(5) if ret.get("status") == "ok" else None)
+            rows.append({
+                "dataset": d.name, "backbone": bb, "clips": r["dataset"]["n_clips"], "labels": r["dataset"]["n_labels"],
+                "best head": f"{h['best']['head']} / {h['best']['strategy']}" if ok else None,
+                "lwlrap": h["best"]["lwlrap"] if ok else None, "accuracy": h["best"].get("accuracy") if ok else None,
+                "prior lwlrap": h["baselines"]["prior"] if ok else None,
+                "zero-shot lwlrap": h["baselines"]["zero_shot"] if ok else None,
+                "logreg lwlrap": next((x["lwlrap"] for x in h.get("rows", []) if x["head"] == "logreg"), None),
+                "mlp lwlrap": next((x["lwlrap"] for x in h.get("rows", []) if x["head"] == "mlp"), None),
+                "P@5": p5, "extract clips/s": ext.get("clips_per_s"), "peak RSS MiB": r["resources"]["peak_rss_mib"],
+                "flagged clips": sum(r["profile"].get("flag_counts", {}).values()) if r["profile"].get("status") == "ok"
+                else None})
+    doc = {"benchmark": "benchmark_reports", "heads": heads, "folds": folds,
+           "protocol": f"{folds}-fold multi-label stratified CV (seed 0) of each head on frozen mean-pooled clip "
+                       "embeddings; lwlrap of the best head; P@5: leave-one-out cosine retrieval",
+           "machine": machine_info(), "versions": versions(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "note": "each run is its own `embedtag benchmark` process (peak RSS is that process's); extraction "
+                   "throughput excludes model loading; 2-core CPU shared with other work",
+           "runs": rows}
+    if rows:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / "benchmark_reports.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    return {"script": "benchmark_reports", "args": backbones, "rc": 1 if failed or not datasets else 0,
+            "elapsed_s": round(time.perf_counter() - start, 1)}
+
+
 # ------------------------------------------------------------------------------------------------ main
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -239,6 +330,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--check", action="store_true", help="exit 1 if README.md does not match the JSON")
     ap.add_argument("--timeout-s", type=float, default=None, help="per-script time limit")
     ap.add_argument("--list", action="store_true", help="list the scripts and exit")
+    ap.add_argument("--shared", type=Path, default=REPO.parent / "shared", help="real assets (benchmark_reports)")
+    ap.add_argument("--backbones", default="yamnet,efficientat-mn04", help="benchmark_reports: backbones")
+    ap.add_argument("--heads", default="logreg,mlp", help="benchmark_reports: heads")
+    ap.add_argument("--folds", type=int, default=5, help="benchmark_reports: folds")
+    ap.add_argument("--reports-dir", type=Path, default=Path("/tmp/embedtag_benchmark_reports"),
+                    help="benchmark_reports: where the full reports go")
     args = ap.parse_args(argv)
     names = available()
     if args.list:
@@ -267,7 +364,11 @@ def main(argv: list[str] | None = None) -> int:
                 if extra is None:
                     print(f"skipped {name} (no quick mode that leaves the real results alone)")
                     continue
-            runs.append(run_script(name, extra, args.timeout_s))
+            if name == "benchmark_reports":
+                runs.append(run_reports(args.shared, args.reports_dir, [b for b in args.backbones.split(",") if b],
+                                        args.heads, args.folds))
+            else:
+                runs.append(run_script(name, extra, args.timeout_s))
     if not args.quick:
         print(f"\nwrote {write_readme().relative_to(REPO)}")
     for r in runs:

@@ -201,3 +201,26 @@ def test_benchmark_noisy_subset_runs_every_strategy(tmp_path, capsys, shared_mod
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "confidence drop (< 0.5)" in md and "over the curated clips" in md
     assert (tmp_path / "rep" / "lwlrap_by_strategy.png").stat().st_size > 10_000
+
+
+# ------------------------------------------------------------------------------------------------ benchmarks/README
+def test_benchmarks_readme_is_rendered_from_the_json(tmp_path):
+    from benchmarks.run_all import render_readme
+
+    (tmp_path / "search_real.json").write_text(json.dumps({
+        "benchmark": "search_real", "machine": "x86_64, 2 CPUs",
+        "datasets": [{"dataset": "office", "clips": 220, "none": {"precision_at_k": 0.87361, "map_at_k": 0.8439}},
+                     {"dataset": "glass", "clips": 417, "none": {"precision_at_k": 0.9544, "map_at_k": 0.946}}]}))
+    (tmp_path / "extract_speed.json").write_text(json.dumps({
+        "yamnet": {"clips": 600, "end_to_end": {"clips_per_s": 61.25}}, "panns-cnn14": {"clips": 60,
+                                                                                       "end_to_end": {"clips_per_s": 3.5}}}))
+    md = render_readme(tmp_path)
+    # the run order puts extract_speed first; each JSON is a section with its reproduce command
+    assert md.index("## extract_speed") < md.index("## search_real")
+    assert "`python -m benchmarks.search_real`" in md
+    assert "| dataset | clips | none.precision_at_k | none.map_at_k |" in md
+    assert "| office | 220 | 0.8736 | 0.8439 |" in md and "| glass | 417 | 0.9544 | 0.946 |" in md
+    assert "### yamnet, panns-cnn14" in md and "| name | clips | end_to_end.clips_per_s |" in md
+    assert "| yamnet | 600 | 61.25 |" in md and "| panns-cnn14 | 60 | 3.5 |" in md
+    assert "- **machine**: x86_64, 2 CPUs" in md
+    assert render_readme(tmp_path) == md  # deterministic: the committed README can be checked against the JSON
