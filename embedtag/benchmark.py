@@ -261,8 +261,8 @@ def _heads(store, ds, heads: list[str], folds: int, seed: int, progress: bool) -
             zs = zs[keep][train]
             baselines["zero_shot"] = lwlrap(Y[scored], zs[scored])
             covered = sum(1 for v in mapping.values() if v)
-            notes.append(f"zero-shot baseline: {covered} of {len(vocab)} labels map to AudioSet class names; the "
-                         "others score 0")
+            notes.append(f"zero-shot baseline: {covered} of {len(vocab)} labels map to AudioSet class names"
+                         + ("; the others score 0" if covered < len(vocab) else ""))
         except EmbedtagError as exc:
             notes.append(f"zero-shot baseline not run: {exc}")
     n_pos = Y[cv_best.scored].sum(0).astype(int)

@@ -421,6 +421,7 @@ def write_report(results: dict, out_dir: str | os.PathLike, *, title: str | None
     # --- summary and references
     summary = _Section("summary", "Summary")
     sections.append(summary)
+    summary.p("Measured on: " + _footer(prov) + " (details under Provenance; every plot carries this line).")
     best = heads.get("best") if _ran(heads) else None
     summary.p(f"Dataset {ds.get('name')} ({ds.get('path')}): {ds.get('n_clips')} clips, {ds.get('n_labels')} labels, "
               f"{'multi-label' if ds.get('multi_label') else 'single-label'}, layout {layout}"
