@@ -20,11 +20,11 @@ SUBDIR = "lightgbm"
 class LightGBMHead(Head):
     kind = "lightgbm"
     _param_names = ("n_estimators", "learning_rate", "num_leaves", "min_child_samples", "feature_fraction",
-                    "max_bin", "n_jobs")
+                    "subsample", "max_bin", "n_jobs")
 
     def __init__(self, n_estimators: int = 100, learning_rate: float = 0.1, num_leaves: int = 15,
-                 min_child_samples: int = 5, feature_fraction: float = 0.5, max_bin: int = 63, n_jobs: int = 1,
-                 multi_label: bool = True, seed: int = 0):
+                 min_child_samples: int = 5, feature_fraction: float = 0.5, subsample: float = 1.0,
+                 max_bin: int = 63, n_jobs: int = 1, multi_label: bool = True, seed: int = 0):
         super().__init__(multi_label=multi_label, seed=seed)
         check_param(isinstance(n_estimators, int) and n_estimators >= 1, "n_estimators", n_estimators, ">= 1")
         check_param(isinstance(learning_rate, (int, float)) and 0 < learning_rate <= 1, "learning_rate",
@@ -34,18 +34,22 @@ class LightGBMHead(Head):
                     min_child_samples, ">= 1")
         check_param(isinstance(feature_fraction, (int, float)) and 0 < feature_fraction <= 1, "feature_fraction",
                     feature_fraction, "in (0, 1]")
+        check_param(isinstance(subsample, (int, float)) and 0 < subsample <= 1, "subsample", subsample,
+                    "in (0, 1] (row bagging per tree)")
         check_param(isinstance(max_bin, int) and 2 <= max_bin <= 255, "max_bin", max_bin, "in [2, 255]")
         check_param(isinstance(n_jobs, int) and n_jobs >= 0, "n_jobs", n_jobs, ">= 0 (0: LightGBM's default)")
         self.n_estimators, self.learning_rate, self.num_leaves = n_estimators, float(learning_rate), num_leaves
         self.min_child_samples, self.feature_fraction = min_child_samples, float(feature_fraction)
+        self.subsample = float(subsample)
         self.max_bin, self.n_jobs = max_bin, n_jobs
         self.boosters_: list = []
 
     def _params(self) -> dict:
         return {"objective": "binary", "learning_rate": self.learning_rate, "num_leaves": self.num_leaves,
                 "min_data_in_leaf": self.min_child_samples, "feature_fraction": self.feature_fraction,
+                "bagging_fraction": self.subsample, "bagging_freq": 1 if self.subsample < 1 else 0,
                 "max_bin": self.max_bin, "num_threads": self.n_jobs, "seed": self.seed, "deterministic": True,
-                "force_row_wise": True, "verbose": -1}
+                "verbose": -1}
 
     def _fit(self, X, Y, sample_weight, subset, X_val, Y_val):
         # LightGBM warns about numpy views on every call; the copy it asks for would double peak memory

@@ -1,0 +1,119 @@
+"""Fit time and predict throughput of every head at FSDKaggle2019 scale: 25,000 clips x 2048 dims, 80 labels.
+
+The data are SYNTHETIC (no FSDKaggle2019 audio here): each clip has 1-2 labels drawn with a long-tailed
+frequency, and its embedding is the sum of its labels' random prototype vectors plus Gaussian noise, at a
+signal-to-noise chosen so that heads reach a realistic held-out lwlrap (~0.6-0.9), not a trivially separable set.
+Fit times depend on the data only through convergence, so they are indicative, not exact, for real embeddings.
+
+LightGBM trains one booster per label; on the shared 2-core CPU it is timed on ``--lgbm-labels`` labels (binning
+included once) and the per-label cost is extrapolated to 80 labels, which the JSON states.
+
+    python -m benchmarks.heads_speed [--clips 25000] [--dim 2048] [--labels 80]
+
+Writes benchmarks/results/heads_speed.json and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from embedtag.heads import make_head
+from embedtag.metrics import lwlrap
+
+RESULTS = Path(__file__).resolve().parent / "results"
+GOALS_S = {"logreg": 60, "mlp": 60, "lightgbm": 600}
+
+
+def synthetic(n: int, dim: int, n_labels: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    freq = 1.0 / np.arange(1, n_labels + 1) ** 0.5  # long-tailed label frequencies, as in FSDKaggle2019
+    freq /= freq.sum()
+    Y = np.zeros((n, n_labels), np.float32)
+    first = rng.choice(n_labels, n, p=freq)
+    Y[np.arange(n), first] = 1
+    second = rng.random(n) < 0.25
+    Y[np.flatnonzero(second), rng.choice(n_labels, second.sum(), p=freq)] = 1
+    protos = rng.normal(size=(n_labels, dim)).astype(np.float32)
+    X = Y @ protos * 0.2 + rng.normal(size=(n, dim)).astype(np.float32) * 3.0
+    return X.astype(np.float32), Y
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--clips", type=int, default=25000)
+    ap.add_argument("--dim", type=int, default=2048)
+    ap.add_argument("--labels", type=int, default=80)
+    ap.add_argument("--test-clips", type=int, default=5000)
+    ap.add_argument("--lgbm-labels", type=int, default=4)
+    ap.add_argument("--heads", default="logreg,mlp,knn,lightgbm")
+    args = ap.parse_args()
+
+    X, Y = synthetic(args.clips + args.test_clips, args.dim, args.labels)
+    Xtr, Ytr, Xte, Yte = X[:args.clips], Y[:args.clips], X[args.clips:], Y[args.clips:]
+    configs = {
+        "logreg": {"C": 0.1, "max_iter": 100, "n_jobs": 2},
+        "mlp": {"hidden": [256], "epochs": 12, "patience": 2, "batch_size": 512, "lr": 2e-3, "n_threads": 2},
+        "knn": {"k": 10},
+        "lightgbm": {"n_estimators": 100, "num_leaves": 15, "feature_fraction": 0.2, "subsample": 0.5,
+                     "max_bin": 31, "n_jobs": 2},
+    }
+    rows = []
+    for kind in args.heads.split(","):
+        params = configs[kind]
+        note = ""
+        if kind == "lightgbm" and args.lgbm_labels < args.labels:
+            # boosters are independent per label; the binning of X is shared: time 1 label and k labels, then
+            # fit time(80) = time(1) + (80 - 1) * per-label cost
+            k = args.lgbm_labels
+            start = time.perf_counter()
+            make_head(kind, **params).fit(Xtr, Ytr[:, :1])
+            one = time.perf_counter() - start
+            start = time.perf_counter()
+            head = make_head(kind, **params).fit(Xtr, Ytr[:, :k])
+            measured = time.perf_counter() - start
+            per_label = (measured - one) / (k - 1)
+            fit_s = one + (args.labels - 1) * per_label
+            note = (f"timed on 1 label ({one:.0f} s, binning included) and {k} labels ({measured:.0f} s); "
+                    f"extrapolated to {args.labels} at {per_label:.1f} s/label")
+            Yeval = Yte[:, :k]
+        else:
+            start = time.perf_counter()
+            head = make_head(kind, **params).fit(Xtr, Ytr)
+            fit_s = time.perf_counter() - start
+            Yeval = Yte
+        start = time.perf_counter()
+        P = head.predict_proba(Xte)
+        pred_s = time.perf_counter() - start
+        keep = Yeval.sum(1) > 0
+        row = {"head": kind, "params": params, "fit_s": round(fit_s, 1),
+               "predict_clips_per_s": round(len(Xte) / pred_s), "heldout_lwlrap": round(lwlrap(Yeval[keep],
+                                                                                              P[keep]), 4),
+               "goal_fit_s": GOALS_S.get(kind), "note": note}
+        if kind == "mlp":
+            row["epochs_run"] = head.metrics.get("epochs_run")
+        rows.append(row)
+        print(f"{kind}: fit {fit_s:.1f} s, predict {row['predict_clips_per_s']} clips/s, "
+              f"held-out lwlrap {row['heldout_lwlrap']} {note}", flush=True)
+
+    out = {"benchmark": "heads_speed", "data": f"synthetic, {args.clips} train + {args.test_clips} test clips x "
+                                               f"{args.dim} dims, {args.labels} labels (1-2 per clip)",
+           "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs (shared)",
+           "results": rows}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "heads_speed.json").write_text(json.dumps(out, indent=2))
+    print("\n| head | fit time (s) | goal (s) | predict (clips/s) | held-out lwlrap | note |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['head']} | {r['fit_s']} | {r['goal_fit_s'] or '-'} | {r['predict_clips_per_s']} | "
+              f"{r['heldout_lwlrap']} | {r['note']} |")
+
+
+if __name__ == "__main__":
+    main()
