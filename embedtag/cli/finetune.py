@@ -1,0 +1,74 @@
+"""`embedtag finetune`: a thin wrapper over :func:`embedtag.finetune.finetune`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from embedtag.cli import app
+
+
+def _int_list(value: str, name: str) -> int | tuple[int, ...]:
+    from embedtag.heads.base import ParamError
+
+    try:
+        parts = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise ParamError(f"--{name} {value!r}: expected an integer or comma-separated integers (one per stage)") \
+            from None
+    return parts[0] if len(parts) == 1 else parts
+
+
+@app.command(epilog="Examples:\n\n  embedtag finetune data/office --folds 5 --epochs 4,6 --out runs/office\n\n"
+                    "  embedtag finetune FSDKaggle2019/ --stages noisy,curated --noisy-loss lsoft --out runs/fsd\n\n"
+                    "  embedtag finetune audio/ --labels labels.csv --folds 0 --epochs 10 --out runs/x\n\n"
+                    "  embedtag finetune data/office --out runs/office --resume   # after an interruption")
+def finetune(
+    data: Path = typer.Argument(..., help="Dataset folder (labels.csv + audio/, FSDKaggle2019, ESC-50, class "
+                                          "folders) or fname,labels CSV; the audio folder when --labels is given."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run directory to write (weights, config.json, log.csv, "
+                                                      "training.png)."),
+    backbone: str = typer.Option("efficientat-mn04", help="Pretrained network to fine-tune."),
+    labels: Path | None = typer.Option(None, help="fname,labels CSV (file names relative to DATA) or dataset "
+                                                  "folder."),
+    stages: str = typer.Option("noisy,curated", help="Training stages in order: noisy (curated + noisy clips), "
+                                                     "curated (curated only)."),
+    folds: int = typer.Option(5, min=0, help="K-fold cross-validation (out-of-fold lwlrap, one model per fold, "
+                                             "ensembled at predict time); 0: one model on all clips."),
+    epochs: str = typer.Option("10", help="Epochs per stage: one number, or one per stage (e.g. 4,6)."),
+    batch_size: int = typer.Option(32, "--batch-size", min=2),
+    crop_s: float = typer.Option(2.0, "--crop-s", help="Training / test-time crop length in seconds."),
+    lr: float = typer.Option(1e-3, help="Learning rate of the new output layer (lower layers get less)."),
+    noisy_loss: str = typer.Option("weighted", "--noisy-loss", help="weighted (noisy clips x --noisy-weight) or "
+                                                                    "lsoft (soft bootstrapping)."),
+    noisy_weight: float = typer.Option(0.5, "--noisy-weight"),
+    patience: int = typer.Option(3, min=0, help="Early stopping: epochs without a better validation lwlrap "
+                                                "(0: never)."),
+    seed: int = typer.Option(0, min=0),
+    param: list[str] = typer.Option([], "--param", "-p", help="Any other setting KEY=VALUE (JSON values), e.g. "
+                                                              "-p mixup_alpha=0.4 -p tta_crops=5."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    weights: Path | None = typer.Option(None, help="Pretrained checkpoint file (default: the weights manager)."),
+    threads: int | None = typer.Option(None, min=1, help="CPU threads for torch (default: torch's choice)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Fine-tune an AudioSet-pretrained CNN on labelled audio (K-fold, noisy-then-curated stages); the run
+    directory works with `embedtag predict`."""
+    from embedtag.cli.heads import _parse_params
+    from embedtag.finetune import finetune as run
+
+    params = _parse_params(param)
+    params.update(batch_size=batch_size, crop_s=crop_s, lr=lr, noisy_loss=noisy_loss, noisy_weight=noisy_weight,
+                  patience=patience, seed=seed)
+    result = run(str(data), backbone=backbone, labels=None if labels is None else str(labels), out=out,
+                 stages=tuple(s.strip() for s in stages.split(",") if s.strip()), folds=folds,
+                 epochs=_int_list(epochs, "epochs"), resume=resume, device=device, weights=weights,
+                 progress=not quiet, threads=threads, **params)
+    summary = {"run": str(result.path), "cv_lwlrap": result.cv_lwlrap, "fold_lwlrap": result.fold_lwlrap}
+    typer.echo(json.dumps(summary) if quiet else
+               f"{result.path}: " + (f"out-of-fold lwlrap {result.cv_lwlrap:.4f} "
+                                     f"(folds: {', '.join(f'{s:.3f}' for s in result.fold_lwlrap)})"
+                                     if result.cv_lwlrap is not None else "trained on every clip (no validation)"))

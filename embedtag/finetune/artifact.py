@@ -1,0 +1,146 @@
+"""A finished fine-tuning run as a predictor: fold networks ensembled, test-time averaging over crops.
+
+Run directory layout (no pickle anywhere)::
+
+    RUN/config.json              {"kind": "finetuned", "format_version", "backbone", "vocabulary", "front_end",
+                                  "crop_s", "tta_crops", "models": ["fold0/model.safetensors", ...], "train": {...},
+                                  "cv_lwlrap", "fold_lwlrap", "dataset", ...}
+    RUN/fold<k>/model.safetensors  network weights (front end is rebuilt from "front_end")
+    RUN/log.csv, RUN/training.png  per-epoch record (fold, stage, epoch, loss, val_lwlrap, lr, clips_per_s)
+    RUN/oof.csv                    out-of-fold probabilities of the curated clips (with folds >= 2)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from embedtag.errors import IncompatibleError
+
+FORMAT_VERSION = 1
+
+
+def is_finetuned(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a run directory written by :func:`embedtag.finetune.finetune`."""
+    cfg = Path(path) / "config.json"
+    if not cfg.is_file():
+        return False
+    try:
+        return json.loads(cfg.read_text()).get("kind") == "finetuned"
+    except (ValueError, OSError):
+        return False
+
+
+def predict_waves(models, waves: Sequence[np.ndarray], crop_samples: int, tta_crops: int, device: str,
+                  batch_size: int = 32, amp: bool = True) -> np.ndarray:
+    """Mean over ``models`` and over each clip's crops of the sigmoid outputs: (n_clips, n_labels) float32.
+
+    Every crop has the same length, so crops of different clips batch together without changing any result
+    (BatchNorm in eval mode)."""
+    import torch
+
+    from embedtag.embeddings.backbones._torch_util import autocast, to_device
+
+    crops, owner = [], []
+    for i, w in enumerate(waves):
+        from embedtag.finetune.data import eval_crops
+
+        c = eval_crops(np.asarray(w, np.float32), crop_samples, tta_crops)
+        crops.append(c)
+        owner += [i] * len(c)
+    if not crops:
+        raise ValueError("no clips to predict")
+    allc = np.concatenate(crops)
+    owner = np.asarray(owner)
+    probs = None
+    for model in models:
+        model.eval()
+        outs = []
+        with torch.inference_mode(), autocast(device, amp):
+            for s in range(0, len(allc), batch_size):
+                x = to_device(allc[s:s + batch_size], device)
+                outs.append(torch.sigmoid(model(x).float()).cpu().numpy())
+        p = np.concatenate(outs)
+        probs = p if probs is None else probs + p
+    probs /= len(models)
+    out = np.zeros((len(waves), probs.shape[1]), np.float32)
+    np.add.at(out, owner, probs)
+    return out / np.bincount(owner, minlength=len(waves))[:, None]
+
+
+class FinetunedModel:
+    """Loaded run: ``vocabulary``, ``backbone_name``, ``predict_proba_files(paths)``, ``predict_proba_waves``."""
+
+    def __init__(self, path: str | os.PathLike, device: str = "auto"):
+        import torch
+        from safetensors.torch import load_file
+
+        from embedtag.embeddings.backbones.base import resolve_device
+        from embedtag.embeddings.backbones.efficientat import FrontEndConfig
+        from embedtag.finetune.model import FinetuneNet
+
+        self.path = Path(path)
+        if not is_finetuned(self.path):
+            raise IncompatibleError(f"{self.path}: not a fine-tuned run (no config.json with kind 'finetuned')")
+        self.config = json.loads((self.path / "config.json").read_text())
+        if self.config.get("format_version", 0) > FORMAT_VERSION:
+            raise IncompatibleError(f"{self.path}: written by a newer embedtag (format {self.config['format_version']})")
+        self.vocabulary: list[str] = list(self.config["vocabulary"])
+        self.backbone_name: str = self.config["backbone"]
+        self.multi_label: bool = bool(self.config.get("multi_label", True))
+        self.front_end = FrontEndConfig(**self.config["front_end"])
+        self.sample_rate = self.front_end.sample_rate
+        self.crop_samples = int(round(self.config["crop_s"] * self.sample_rate))
+        self.tta_crops = int(self.config["tta_crops"])
+        self.device = resolve_device(device)
+        self.models = []
+        for rel in self.config["models"]:
+            net = FinetuneNet(len(self.vocabulary), self.config.get("width_mult", 0.4), self.front_end)
+            try:
+                state = load_file(str(self.path / rel))
+                net.load_state_dict(state, strict=True)
+            except Exception as exc:  # a missing or corrupt weights file must name itself
+                raise IncompatibleError(f"{self.path / rel}: cannot load fine-tuned weights "
+                                        f"({str(exc).splitlines()[0][:160]})") from None
+            net = net.eval().to(self.device)
+            if self.device.startswith("cuda"):
+                net = net.to(memory_format=torch.channels_last)
+            self.models.append(net)
+
+    def __repr__(self) -> str:
+        return (f"FinetunedModel({str(self.path)!r}, backbone={self.backbone_name!r}, labels={len(self.vocabulary)}, "
+                f"folds={len(self.models)})")
+
+    def predict_proba_waves(self, waves: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
+        """(n, n_labels) probabilities for mono float32 waves at ``self.sample_rate``."""
+        return predict_waves(self.models, waves, self.crop_samples, self.tta_crops, self.device, batch_size)
+
+    def predict_proba_files(self, paths: Sequence[str | os.PathLike], batch_size: int = 32,
+                            progress: bool = False) -> np.ndarray:
+        """(n, n_labels) probabilities, rows in the order of ``paths`` (AudioError names an unreadable file)."""
+        from embedtag.finetune.data import load_waves
+
+        paths = list(paths)
+        out = np.zeros((len(paths), len(self.vocabulary)), np.float32)
+        chunk = 256  # decode in chunks so long file lists do not sit in memory all at once
+        for s in range(0, len(paths), chunk):
+            waves = load_waves(paths[s:s + chunk], self.sample_rate, progress=progress)
+            out[s:s + chunk] = self.predict_proba_waves(waves, batch_size)
+        return out
+
+    def predict_files(self, inputs, batch_size: int = 32, progress: bool = False):
+        """Files or directories -> DataFrame ``fname`` + one column per label (the layout of
+        ``embedtag.heads.predict_files``)."""
+        from embedtag.heads.api import _audio_inputs, _frame
+
+        ids, paths = _audio_inputs(inputs)
+        return _frame(ids, self.predict_proba_files(paths, batch_size, progress), self.vocabulary)
+
+
+def load_finetuned(path: str | os.PathLike, device: str = "auto") -> FinetunedModel:
+    """Load a fine-tuning run directory for prediction (every fold model, ensembled)."""
+    return FinetunedModel(path, device=device)

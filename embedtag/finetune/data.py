@@ -1,0 +1,63 @@
+"""Audio for fine-tuning: decode every clip once, then cut training crops and test-time crops from memory."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from embedtag.datasets import Dataset, load_dataset, read_labels_csv
+from embedtag.errors import DataError
+
+
+def resolve_dataset(data, labels=None) -> Dataset:
+    """``data`` a dataset folder/CSV (see :func:`embedtag.datasets.load_dataset`) or an already-read Dataset;
+    with ``labels`` (a fname,labels CSV), ``data`` is the audio folder those file names are relative to."""
+    if isinstance(data, Dataset):
+        return data
+    if labels is not None:
+        if os.path.isdir(labels):
+            return load_dataset(labels)
+        return read_labels_csv(labels, audio_dir=data)
+    return load_dataset(data)
+
+
+def load_waves(paths, sample_rate: int, progress: bool = False) -> list[np.ndarray]:
+    """Decode and resample every file (AudioError names the bad one)."""
+    from embedtag.embeddings.audio import load_audio
+
+    items = list(paths)
+    if progress:
+        from rich.progress import track
+
+        items = track(items, description="decoding audio", transient=True)
+    return [load_audio(p, sample_rate)[0] for p in items]
+
+
+def train_crop(wave: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """A random ``n``-sample crop; a shorter clip is zero-padded at a random offset (a time-shift augmentation)."""
+    if len(wave) >= n:
+        start = int(rng.integers(0, len(wave) - n + 1))
+        return wave[start:start + n]
+    out = np.zeros(n, np.float32)
+    start = int(rng.integers(0, n - len(wave) + 1))
+    out[start:start + len(wave)] = wave
+    return out
+
+
+def eval_crops(wave: np.ndarray, n: int, max_crops: int) -> np.ndarray:
+    """(k, n) evenly spaced crops covering the clip (k <= max_crops); a short clip is one zero-padded crop."""
+    if len(wave) <= n:
+        out = np.zeros((1, n), np.float32)
+        out[0, :len(wave)] = wave
+        return out
+    k = min(max_crops, int(np.ceil(len(wave) / n)))
+    starts = np.linspace(0, len(wave) - n, k).round().astype(int)
+    return np.stack([wave[s:s + n] for s in starts])
+
+
+def check_trainable(ds: Dataset) -> None:
+    if not ds.vocabulary:
+        raise DataError(f"dataset {ds.root}: no labels to learn")
+    if not any(lab for lab in ds.labels):
+        raise DataError(f"dataset {ds.root}: no labelled clips")

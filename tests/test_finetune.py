@@ -1,0 +1,189 @@
+"""Fine-tuning EfficientAT mn04 on real clips: settings, crops, schedule, kill-and-resume, the run artifact, CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from conftest import DATA, require
+
+from embedtag.errors import EmbedtagError, IncompatibleError
+from embedtag.finetune import FinetuneConfig, finetune, is_finetuned, load_finetuned
+from embedtag.finetune.data import eval_crops, train_crop
+from embedtag.finetune.train import _lr_factor
+from embedtag.heads.base import ParamError
+
+OFFICE = DATA / "dcase2016_task2_office"
+CLASSES = ("knock", "phone", "speech")
+#: tiny but real: 1 s crops, no test-time averaging beyond 2 crops, small batches
+TINY = dict(batch_size=4, crop_s=1.0, tta_crops=1, patience=0, noisy_loss="lsoft", threads=1)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Prediction outside finetune(): one torch thread (OpenMP threads on a busy shared CPU crawl)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(shared_models):
+    """9 curated clips (3 each of knock / phone / speech) plus 3 clips marked noisy."""
+    from embedtag.datasets import read_labels_csv
+
+    require(shared_models / "efficientat" / "mn04_as_mAP_432.pt")
+    ds = read_labels_csv(require(OFFICE / "labels.csv"), audio_dir=OFFICE / "audio")
+    picks, subsets = [], []
+    for c in CLASSES:
+        rows = [i for i, lab in enumerate(ds.labels) if lab == [c]]
+        picks += rows[:4]
+        subsets += ["curated"] * 3 + ["noisy"]
+    sub = ds.select(picks)
+    return replace(sub, vocabulary=list(CLASSES), subsets=subsets)
+
+
+def test_config_is_validated():
+    assert FinetuneConfig(epochs=(2, 3)).epochs == (2, 3)
+    assert FinetuneConfig(stages=("curated",), epochs=4).epochs == (4,)
+    for bad in (dict(epochs=0), dict(epochs=(1, 2, 3)), dict(stages=("clean",)), dict(folds=1),
+                dict(backbone="yamnet"), dict(noisy_loss="hard"), dict(crop_s=0.2), dict(lsoft_beta=0.0)):
+        with pytest.raises(ParamError):
+            FinetuneConfig(**bad)
+    with pytest.raises(ParamError, match="unknown"):
+        FinetuneConfig.from_dict({"epochs": 2, "lr_head": 1.0})
+
+
+def test_crops_and_schedule():
+    rng = np.random.default_rng(0)
+    long, short = np.arange(100, dtype=np.float32), np.ones(30, np.float32)
+    c = train_crop(long, 40, rng)
+    assert c.shape == (40,) and np.all(np.diff(c) == 1)  # a contiguous piece of the clip
+    p = train_crop(short, 40, rng)
+    assert p.shape == (40,) and p.sum() == 30  # the whole short clip, zero-padded
+    e = eval_crops(long, 40, 3)
+    assert e.shape == (3, 40) and e[0, 0] == 0 and e[-1, -1] == 99  # evenly spaced, first and last samples covered
+    assert eval_crops(short, 40, 3).shape == (1, 40)
+    f = [_lr_factor(s, 100, 0.1) for s in range(100)]
+    assert f[0] < f[5] < f[9] == 1.0 and f[10] == pytest.approx(1.0) and f[-1] == pytest.approx(0.01, abs=1e-3)
+    assert all(a >= b for a, b in zip(f[10:], f[11:]))
+
+
+class Stop(Exception):
+    pass
+
+
+def test_killed_and_resumed_run_matches_uninterrupted(tiny_dataset, tmp_path):
+    from safetensors.torch import load_file
+
+    kw = dict(folds=2, epochs=(1, 2), progress=False, **TINY)
+    full = finetune(tiny_dataset, out=tmp_path / "full", **kw)
+
+    calls = []
+
+    def kill(fold, stage, epoch, step):
+        calls.append((fold, stage, epoch, step))
+        if len(calls) == 6:  # fold 0 done; inside fold 1's first (noisy-stage) epoch
+            raise Stop
+
+    with pytest.raises(Stop):
+        finetune(tiny_dataset, out=tmp_path / "cut", on_step=kill, **kw)
+    assert calls[-1][0] == 1 and (tmp_path / "cut" / "checkpoint.pt").exists()
+    assert not (tmp_path / "cut" / "config.json").exists()
+    with pytest.raises(EmbedtagError, match="--resume"):
+        finetune(tiny_dataset, out=tmp_path / "cut", **kw)
+    with pytest.raises(IncompatibleError, match="other settings"):
+        finetune(tiny_dataset, out=tmp_path / "cut", resume=True, **{**kw, "seed": 1})
+    resumed = finetune(tiny_dataset, out=tmp_path / "cut", resume=True, **kw)
+
+    assert resumed.fold_lwlrap == pytest.approx(full.fold_lwlrap, abs=1e-6)
+    assert resumed.cv_lwlrap == pytest.approx(full.cv_lwlrap, abs=1e-6)
+    assert [r["loss"] for r in resumed.history] == pytest.approx([r["loss"] for r in full.history], abs=1e-5)
+    for k in range(2):
+        a = load_file(str(tmp_path / "full" / f"fold{k}" / "model.safetensors"))
+        b = load_file(str(tmp_path / "cut" / f"fold{k}" / "model.safetensors"))
+        assert a.keys() == b.keys()
+        for name in a:
+            np.testing.assert_allclose(a[name].numpy(), b[name].numpy(), atol=1e-5, err_msg=name)
+    assert not (tmp_path / "cut" / "checkpoint.pt").exists()
+    # training changed the network: fold weights differ from each other
+    a0 = load_file(str(tmp_path / "full" / "fold0" / "model.safetensors"))
+    a1 = load_file(str(tmp_path / "full" / "fold1" / "model.safetensors"))
+    assert not np.allclose(a0["body.classifier.5.weight"].numpy(), a1["body.classifier.5.weight"].numpy())
+
+    # the run artifact
+    run = tmp_path / "full"
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["kind"] == "finetuned" and cfg["vocabulary"] == list(CLASSES) and cfg["backbone"] == "efficientat-mn04"
+    assert cfg["front_end"]["n_mels"] == 128 and cfg["clips"] == {"curated": 9, "noisy": 3}
+    assert "AudioSet-pretrained" in cfg["note"]
+    with open(run / "log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["fold", "stage", "epoch", "loss", "val_lwlrap", "lr", "clips_per_s", "seconds"]
+    assert [(r["fold"], r["stage"]) for r in rows] == [("0", "noisy"), ("0", "curated"), ("0", "curated"),
+                                                       ("1", "noisy"), ("1", "curated"), ("1", "curated")]
+    assert (run / "training.png").stat().st_size > 1000 and (run / "oof.csv").is_file()
+    assert not list(run.rglob("*.pt")) and not list(run.rglob("*.pkl"))
+    # resuming a finished run returns it instead of training again
+    again = finetune(tiny_dataset, out=run, resume=True, **kw)
+    assert again.cv_lwlrap == pytest.approx(full.cv_lwlrap)
+
+
+def test_finetuned_artifact_predicts_ensemble_of_folds(tiny_dataset, tmp_path):
+    run = tmp_path / "run"
+    finetune(tiny_dataset, out=run, folds=2, stages=("curated",), epochs=1, progress=False, **TINY)
+    assert is_finetuned(run) and not is_finetuned(tmp_path)
+    model = load_finetuned(run, device="cpu")
+    assert model.vocabulary == list(CLASSES) and model.backbone_name == "efficientat-mn04"
+    paths = tiny_dataset.paths[:5]
+    probs = model.predict_proba_files(paths)
+    assert probs.shape == (5, 3) and np.all((probs > 0) & (probs < 1))
+    # order / batch invariant: one file alone gives its row
+    np.testing.assert_allclose(model.predict_proba_files(paths[3:4])[0], probs[3], atol=1e-5)
+    # the ensemble is the mean of the fold networks
+    from embedtag.finetune.artifact import predict_waves
+    from embedtag.finetune.data import load_waves
+
+    waves = load_waves(paths, 32000)
+    per_fold = [predict_waves([m], waves, model.crop_samples, model.tta_crops, "cpu") for m in model.models]
+    np.testing.assert_allclose(probs, np.mean(per_fold, axis=0), atol=1e-5)
+    frame = model.predict_files(paths[:2])
+    assert list(frame.columns) == ["fname", *CLASSES] and len(frame) == 2
+    # corrupt weights: a clear error naming the file
+    (run / "fold1" / "model.safetensors").write_bytes(b"junk")
+    with pytest.raises(IncompatibleError, match="fold1"):
+        load_finetuned(run, device="cpu")
+    with pytest.raises(IncompatibleError, match="not a fine-tuned run"):
+        load_finetuned(tmp_path)
+
+
+def test_cli_finetune_from_labels_csv(tiny_dataset, tmp_path, capsys):
+    from embedtag.cli import main
+
+    labels = tmp_path / "labels.csv"
+    with open(labels, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["fname", "labels"])
+        for cid, lab in list(zip(tiny_dataset.clip_ids, tiny_dataset.labels))[:8]:
+            w.writerow([cid, ",".join(lab)])
+    run = tmp_path / "run"
+    args = ["finetune", str(OFFICE / "audio"), "--labels", str(labels), "--folds", "0", "--stages", "curated",
+            "--epochs", "1", "--batch-size", "4", "--crop-s", "1", "-p", "tta_crops=1", "--out", str(run), "-q",
+            "--device", "cpu", "--threads", "1"]
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["cv_lwlrap"] is None and is_finetuned(run)
+    assert load_finetuned(run).vocabulary == sorted({lab[0] for lab in tiny_dataset.labels[:8]})
+    with pytest.raises(SystemExit) as exc:
+        main(["finetune", str(OFFICE / "audio"), "--labels", str(labels), "--stages", "clean", "--out",
+              str(tmp_path / "bad"), "-q"])
+    assert exc.value.code == 1
+    assert "stages" in capsys.readouterr().err
