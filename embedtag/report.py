@@ -434,6 +434,10 @@ def write_report(results: dict, out_dir: str | os.PathLike, *, title: str | None
         if best.get("test_lwlrap") is not None:
             line += f"; on the dataset's labelled test set lwlrap {best['test_lwlrap']:.4f}"
         summary.p(line + ".")
+        prior = (heads.get("baselines") or {}).get("prior")
+        if prior is not None and best["lwlrap"] <= prior:
+            summary.note(f"No head beats the label-prior baseline (lwlrap {prior:.4f}, no audio used): the metric "
+                         "is dominated by labels most clips carry; see the profile's label frequencies.")
     else:
         summary.note(f"heads not run: {heads.get('reason')}")
 
@@ -555,6 +559,8 @@ def write_report(results: dict, out_dir: str | os.PathLike, *, title: str | None
         ret_sec.table(["k", "precision@k", "mAP@k"],
                       [[k, p, m] for k, p, m in zip(ret["k"], ret["precision_at_k"], ret["map_at_k"])])
         ret_sec.p(f"Chance precision: {_fmt(ret.get('chance_precision'))}.")
+        if ret.get("note"):
+            ret_sec.note(ret["note"])
         written.append(plots.retrieval(ret))
         ret_sec.img(written[-1], "retrieval precision@k")
 
