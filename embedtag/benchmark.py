@@ -280,8 +280,17 @@ def _retrieval(store, ds, seed: int, max_queries: int) -> dict:
 
     row = _match(ds, store)
     labels = {c: (ds.labels[i] if i >= 0 else None) for c, i in zip(store.clip_ids, row)}
-    if not any(labels.values()):
+    lists = [v for v in labels.values() if v]
+    if not lists:
         raise DataError("no labelled clip in the store to query with")
+    # a label every clip carries makes every neighbour relevant (precision@k = 1 whatever the embeddings): leave it
+    # out of the relevance, as benchmarks/search_real does
+    common = sorted({lab for v in lists for lab in v if all(lab in w for w in lists)})
+    if common:
+        labels = {c: ([x for x in v if x not in common] or None) if v else None for c, v in labels.items()}
+        if not any(labels.values()):
+            raise DataError(f"every clip carries the same labels ({', '.join(common)}); retrieval has nothing to "
+                            "tell apart")
     index = build_index(store, kind="flat", metric="cosine")
     out = {"status": "ok", "kind": "flat", "metric": "cosine", "k": [], "precision_at_k": [], "map_at_k": []}
     for k in RETRIEVAL_K:
@@ -294,12 +303,10 @@ def _retrieval(store, ds, seed: int, max_queries: int) -> dict:
         out["chance_precision"], out["n_queries"] = ev.chance_precision, ev.n_queries
     if not out["k"]:
         raise DataError("retrieval needs at least 2 clips")
-    lists = [v for v in labels.values() if v]
-    common = sorted({lab for v in lists for lab in v if all(lab in w for w in lists)})
     if common:
-        # a label every clip carries makes every neighbour relevant: precision@k is 1 whatever the embeddings
-        out["note"] = (f"every labelled clip carries {', '.join(common)}, so every neighbour shares a label and "
-                       "precision@k says nothing here")
+        out["labels_ignored"] = common
+        out["note"] = (f"every labelled clip carries {', '.join(common)}; relevance ignores it (it would make every "
+                       "neighbour relevant)")
     return out
 
 

@@ -177,29 +177,47 @@ def test_benchmark_known_dataset_missing_then_present(tmp_path, capsys, monkeypa
     assert (shot.reshape(-1, 3) != 255).any(1).mean() > 0.05
 
 
-def test_benchmark_noisy_subset_runs_every_strategy(tmp_path, capsys, shared_models):
-    """A dataset with curated and noisy subsets is benchmarked (real EfficientAT mn04) with each noisy-label
-    strategy; noisy clips only train."""
+def make_fsdkaggle2019_layout(root):
+    """The FSDKaggle2019 layout (train_curated/noisy CSVs and folders, labelled test set, vocabulary.csv) over the
+    real goldlab clips: a third of the clips in each subset."""
     src, rows = goldlab_rows()
-    root = tmp_path / "noisy"
+    vocab = sorted({r["labels"] for r in rows})
     root.mkdir()
-    (root / "audio").symlink_to(src / "audio")
-    with open(root / "labels.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["fname", "labels", "subset"])
-        w.writerows([r["fname"], r["labels"], "curated" if i % 2 == 0 else "noisy"] for i, r in enumerate(rows))
-    code, _, err = run(capsys, "benchmark", root, "--out", tmp_path / "rep", "--backbone", "efficientat-mn04",
-                       "--heads", "logreg", "--folds", "3", "-q", "--no-levels")
+    (root / "vocabulary.csv").write_text("".join(f"{i},{v}\n" for i, v in enumerate(vocab)))
+    for k, (subset, folder, csv_name) in enumerate([("curated", "train_curated", "train_curated.csv"),
+                                                    ("noisy", "train_noisy", "train_noisy.csv"),
+                                                    ("test", "test", "test_post_competition.csv")]):
+        (root / folder).mkdir()
+        with open(root / csv_name, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["fname", "labels"])
+            for r in rows[k::3]:
+                (root / folder / r["fname"]).symlink_to(src / "audio" / r["fname"])
+                w.writerow([r["fname"], r["labels"]])
+    return len(rows[0::3]), len(rows[1::3]), len(rows[2::3])
+
+
+def test_benchmark_fsdkaggle2019_layout_every_strategy_and_test_set(tmp_path, capsys, shared_models):
+    """An FSDKaggle2019-layout dataset (curated, noisy, labelled test) is benchmarked with real EfficientAT mn04:
+    each noisy-label strategy, noisy clips only train, test clips are only scored after training, and the result is
+    ranked among the FSDKaggle2019 references with the warning that pretrained models were not allowed."""
+    n_cur, n_noisy, n_test = make_fsdkaggle2019_layout(tmp_path / "fsd")
+    code, _, err = run(capsys, "benchmark", tmp_path / "fsd", "--out", tmp_path / "rep", "--backbone",
+                       "efficientat-mn04", "--heads", "logreg", "--folds", "3", "-q", "--no-levels")
     assert code == 0, err
     r = json.loads((tmp_path / "rep" / "results.json").read_text())
+    assert r["dataset"]["layout"] == "fsdkaggle2019" and r["dataset"]["has_noisy"]
     assert r["provenance"]["backbone"] == "efficientat-mn04" and r["extract"]["n_stored"] == 79
     strategies = [row["strategy"] for row in r["heads"]["rows"]]
     assert strategies == ["curated only", "pooled (noisy weight 1)", "noisy weight 0.3", "confidence weighting",
                           "confidence drop (< 0.5)"]  # the MLP-only ones (Lsoft, smoothing) are not run for logreg
-    assert r["heads"]["n_scored_clips"] == 40 and r["heads"]["n_train_clips"] == 79
-    assert set(r["profile"]["label_counts"]) == {"curated", "noisy"}
+    h = r["heads"]
+    assert (h["n_scored_clips"], h["n_train_clips"], h["n_test_clips"]) == (n_cur, n_cur + n_noisy, n_test)
+    assert all(0 < row["test_lwlrap"] <= 1 for row in h["rows"])
+    assert set(r["profile"]["label_counts"]) == {"curated", "noisy", "test"}
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "confidence drop (< 0.5)" in md and "over the curated clips" in md
+    assert "(measured on the labelled test set)" in md and "banned external data and pretrained models" in md
     assert (tmp_path / "rep" / "lwlrap_by_strategy.png").stat().st_size > 10_000
 
 
