@@ -20,7 +20,6 @@ import html
 import importlib.metadata
 import os
 import platform
-import resource
 import sys
 import time
 from dataclasses import dataclass, field
@@ -84,7 +83,9 @@ PER_CLASS_SHOWN = 10
 
 # ------------------------------------------------------------------------------------------------ provenance
 def peak_rss_mib() -> float:
-    """Peak resident memory of this process so far (MiB), from ``resource.getrusage``."""
+    """Peak resident memory of this process so far (MiB), from ``resource.getrusage`` (POSIX only)."""
+    import resource
+
     ru = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # Linux reports KiB, macOS bytes
     return ru / (MIB if sys.platform == "darwin" else 1024)
