@@ -212,3 +212,15 @@ def test_fit_head_on_an_fsdkaggle2019_layout_uses_subsets(tmp_path):
     assert report.cv.scored.sum() == 30 and head.metrics["cv_scored_clips"] == 30
     assert head.metrics["noisy_clips"] == 30 and head.metrics["noisy_mean_weight"] == 0.5
     assert report.cv.lwlrap > 0.9 and report.zero_shot_lwlrap is None
+
+
+def test_lightgbm_on_principal_components_round_trips(office, tmp_path):
+    _, X, Y, _ = office
+    head = make_head("lightgbm", n_estimators=20, num_leaves=7, n_components=32).fit(X, Y)
+    assert head.components_.shape == (32, 1024)
+    head.save(tmp_path / "h")
+    loaded = load_head(tmp_path / "h")
+    np.testing.assert_array_equal(head.predict_proba(X), loaded.predict_proba(X))
+    res = cross_validate(lambda: make_head("lightgbm", n_estimators=20, num_leaves=7, n_components=32), X, Y,
+                         folds=3)
+    assert res.lwlrap > 0.8

@@ -2,7 +2,11 @@
 
 ``n_jobs`` defaults to 1: LightGBM's default OpenMP pool was 50x slower on small data on shared, busy cores.
 
-In single-label mode the one-vs-rest probabilities are renormalised to sum to one per clip."""
+In single-label mode the one-vs-rest probabilities are renormalised to sum to one per clip.
+
+``n_components`` projects the embeddings on their first principal components before boosting: histogram
+building scales with the number of features, so 2048 -> 256 dims makes each booster ~8x cheaper, which is what
+brings 80 one-vs-rest boosters on 25k x 2048 embeddings within minutes on a small CPU."""
 
 from __future__ import annotations
 
@@ -20,11 +24,12 @@ SUBDIR = "lightgbm"
 class LightGBMHead(Head):
     kind = "lightgbm"
     _param_names = ("n_estimators", "learning_rate", "num_leaves", "min_child_samples", "feature_fraction",
-                    "subsample", "max_bin", "n_jobs")
+                    "subsample", "max_bin", "n_components", "n_jobs")
 
     def __init__(self, n_estimators: int = 100, learning_rate: float = 0.1, num_leaves: int = 15,
                  min_child_samples: int = 5, feature_fraction: float = 0.5, subsample: float = 1.0,
-                 max_bin: int = 63, n_jobs: int = 1, multi_label: bool = True, seed: int = 0):
+                 max_bin: int = 63, n_components: int | None = None, n_jobs: int = 1, multi_label: bool = True,
+                 seed: int = 0):
         super().__init__(multi_label=multi_label, seed=seed)
         check_param(isinstance(n_estimators, int) and n_estimators >= 1, "n_estimators", n_estimators, ">= 1")
         check_param(isinstance(learning_rate, (int, float)) and 0 < learning_rate <= 1, "learning_rate",
@@ -37,11 +42,13 @@ class LightGBMHead(Head):
         check_param(isinstance(subsample, (int, float)) and 0 < subsample <= 1, "subsample", subsample,
                     "in (0, 1] (row bagging per tree)")
         check_param(isinstance(max_bin, int) and 2 <= max_bin <= 255, "max_bin", max_bin, "in [2, 255]")
+        check_param(n_components is None or (isinstance(n_components, int) and n_components >= 1), "n_components",
+                    n_components, "None or an integer >= 1")
         check_param(isinstance(n_jobs, int) and n_jobs >= 0, "n_jobs", n_jobs, ">= 0 (0: LightGBM's default)")
         self.n_estimators, self.learning_rate, self.num_leaves = n_estimators, float(learning_rate), num_leaves
         self.min_child_samples, self.feature_fraction = min_child_samples, float(feature_fraction)
         self.subsample = float(subsample)
-        self.max_bin, self.n_jobs = max_bin, n_jobs
+        self.max_bin, self.n_jobs, self.n_components = max_bin, n_jobs, n_components
         self.boosters_: list = []
 
     def _params(self) -> dict:
@@ -57,8 +64,22 @@ class LightGBMHead(Head):
             warnings.filterwarnings("ignore", message=".*sliced data.*")
             self._fit_boosters(X, Y, sample_weight)
 
+    def _project(self, X):
+        return X if self.components_.size == 0 else (X - self.pca_mean_) @ self.components_.T
+
     def _fit_boosters(self, X, Y, sample_weight):
         import lightgbm as lgb
+
+        self.pca_mean_ = np.zeros(0, np.float32)
+        self.components_ = np.zeros((0, 0), np.float32)
+        if self.n_components is not None and self.n_components < X.shape[1]:
+            from sklearn.decomposition import PCA
+
+            k = min(self.n_components, len(X))
+            pca = PCA(n_components=k, svd_solver="randomized", random_state=self.seed).fit(X)
+            self.pca_mean_ = pca.mean_.astype(np.float32)
+            self.components_ = pca.components_.astype(np.float32)
+        X = np.ascontiguousarray(self._project(X), dtype=np.float32)
 
         params = self._params()
         # bin the features once and only swap the label per one-vs-rest problem; the binning must not
@@ -77,6 +98,7 @@ class LightGBMHead(Head):
             self.boosters_.append(lgb.train(params, data, num_boost_round=self.n_estimators))
 
     def _decision(self, X):
+        X = np.ascontiguousarray(self._project(X), dtype=np.float32)
         z = np.empty((len(X), len(self.boosters_)), np.float64)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*sliced data.*")
@@ -90,10 +112,12 @@ class LightGBMHead(Head):
         return p if self.multi_label else p / p.sum(1, keepdims=True)
 
     def _state(self):
-        return {"constant": self.constant_}
+        return {"constant": self.constant_, "pca_mean": self.pca_mean_, "pca_components": self.components_}
 
     def _set_state(self, state):
         self.constant_ = state["constant"]
+        self.pca_mean_ = state.get("pca_mean", np.zeros(0, np.float32))
+        self.components_ = state.get("pca_components", np.zeros((0, 0), np.float32))
 
     def _save_extra(self, directory: Path):
         sub = directory / SUBDIR
