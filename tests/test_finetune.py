@@ -17,6 +17,7 @@ from embedtag.finetune.train import _lr_factor
 from embedtag.heads.base import ParamError
 
 OFFICE = DATA / "dcase2016_task2_office"
+CKPT = DATA.parent / "models" / "efficientat" / "mn04_as_mAP_432.pt"
 CLASSES = ("knock", "phone", "speech")
 #: tiny but real: 1 s crops, no test-time averaging beyond 2 crops, small batches
 TINY = dict(batch_size=4, crop_s=1.0, tta_crops=1, patience=0, noisy_loss="lsoft", threads=1)
@@ -136,9 +137,19 @@ def test_killed_and_resumed_run_matches_uninterrupted(tiny_dataset, tmp_path):
 
 
 def test_finetuned_artifact_predicts_ensemble_of_folds(tiny_dataset, tmp_path):
+    import torch
+
     run = tmp_path / "run"
-    finetune(tiny_dataset, out=run, folds=2, stages=("curated",), epochs=1, progress=False, **TINY)
+    finetune(tiny_dataset, out=run, folds=2, stages=("curated",), epochs=1, progress=False, freeze_bn=True, **TINY)
     assert is_finetuned(run) and not is_finetuned(tmp_path)
+    # freeze_bn: BatchNorm running statistics stay the pretrained ones while the weights move
+    from safetensors.torch import load_file
+
+    pre = torch.load(require(CKPT), map_location="cpu", weights_only=True)
+    tuned = load_file(str(run / "fold0" / "model.safetensors"))
+    np.testing.assert_array_equal(tuned["body.features.5.block.1.1.running_var"].numpy(),
+                                  pre["features.5.block.1.1.running_var"].numpy())
+    assert not np.allclose(tuned["body.features.16.0.weight"].numpy(), pre["features.16.0.weight"].numpy())
     model = load_finetuned(run, device="cpu")
     assert model.vocabulary == list(CLASSES) and model.backbone_name == "efficientat-mn04"
     paths = tiny_dataset.paths[:5]

@@ -50,6 +50,11 @@ class FinetuneConfig:
     lsoft_beta: float = 0.7
     #: stop a stage after this many epochs without a better validation lwlrap; 0 never stops early
     patience: int = 3
+    #: keep each fold's best-validation-epoch weights (True) or its last epoch's (False: the out-of-fold lwlrap
+    #: is then not selected on the validation fold itself)
+    select_best: bool = True
+    #: keep BatchNorm running statistics at their pretrained values (the affine parameters still train)
+    freeze_bn: bool = False
     seed: int = 0
 
     def __post_init__(self):
@@ -75,6 +80,8 @@ class FinetuneConfig:
         for name in ("freq_masks", "freq_mask_bins", "time_masks", "patience", "seed"):
             check_param(isinstance(getattr(self, name), int) and getattr(self, name) >= 0, name, getattr(self, name),
                         "an integer >= 0")
+        for name in ("select_best", "freeze_bn"):
+            check_param(isinstance(getattr(self, name), bool), name, getattr(self, name), "True or False")
         check_param(0 <= self.time_mask_frac < 1, "time_mask_frac", self.time_mask_frac, "in [0, 1)")
         check_param(isinstance(self.curated_oversample, int) and self.curated_oversample >= 1, "curated_oversample",
                     self.curated_oversample, "an integer >= 1")

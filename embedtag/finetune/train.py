@@ -293,6 +293,10 @@ def _finetune(data, backbone, labels, out, stages, folds, epochs, resume, device
                 if stopped:
                     break
                 model.train()
+                if cfg.freeze_bn:
+                    for m in model.modules():
+                        if isinstance(m, torch.nn.BatchNorm2d):
+                            m.eval()
                 order = np.random.default_rng([cfg.seed, k, si, epoch]).permutation(items)
                 t0, loss_sum, seen = time.perf_counter(), 0.0, 0
                 bar = _progress_bar(console, f"fold {k + 1}/{n_folds} {stage} epoch {epoch + 1}/{n_epochs}", steps)
@@ -333,12 +337,13 @@ def _finetune(data, backbone, labels, out, stages, folds, epochs, resume, device
                 if console is not None:
                     console.print(f"fold {k + 1}/{n_folds} {stage} epoch {epoch + 1}/{n_epochs}: loss "
                                   f"{row['loss']:.4f}  val lwlrap {val:.4f}  lr {row['lr']:.2e}  "
-                                  f"{row['clips_per_s']:.1f} clips/s" + ("  (early stop)" if stopped else ""))
+                                  f"{row['clips_per_s']:.1f} clips/s" + ("  (early stop)" if stopped else ""),
+                                  highlight=False, soft_wrap=True)
                 _save_checkpoint(ck_path, {"fold": k, "stage": si, "epoch": epoch + 1, "model": model.state_dict(),
                                            "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
                                            "best": best, "bad": bad, "stopped": stopped, "history": history})
             # the next stage (and the fold's result) start from the best weights so far
-            if len(val_idx) and best_path.exists():
+            if cfg.select_best and len(val_idx) and best_path.exists():
                 model.load_state_dict(load_file(str(best_path), device=dev))
             _save_checkpoint(ck_path, {"fold": k, "stage": si + 1, "epoch": 0, "model": model.state_dict(),
                                        "optimizer": None, "scaler": None, "best": best, "bad": 0, "stopped": False,
