@@ -24,6 +24,7 @@ import argparse
 import ast
 import importlib
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -280,6 +281,7 @@ def run_reports(shared: Path, reports_dir: Path, backbones: list[str], heads: st
         for bb in backbones:
             print(f"\n=== embedtag benchmark {d} --backbone {bb} --heads {heads} --folds {folds}", flush=True)
             out = reports_dir / f"{d.name}__{bb}"
+            shutil.rmtree(out, ignore_errors=True)  # a fresh store: throughput is measured, not resumed
             # its own process: one run's memory is its own peak, and a crash loses only that run
             rc = subprocess.run([sys.executable, "-m", "embedtag", "benchmark", str(d), "--out", str(out),
                                  "--backbone", bb, "--heads", heads, "--folds", str(folds), "-q"], cwd=REPO).returncode

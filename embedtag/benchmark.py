@@ -373,6 +373,17 @@ def run_benchmark(data: str | os.PathLike, out_dir: str | os.PathLike, *, backbo
         raise DataError(f"invalid folds={folds!r}: expected an integer >= 2")
     root = resolve_dataset(data)
     out_dir = Path(out_dir)
+    if (out_dir / "store").is_dir():
+        # checked before anything is written, so a mistaken --out never replaces a finished report
+        from embedtag.errors import IncompatibleError
+        from embedtag.store import open_store
+
+        try:
+            held = open_store(out_dir / "store").manifest.backbone
+        except EmbedtagError:
+            held = None
+        if held is not None and held != backbone:
+            raise IncompatibleError(f"{out_dir} holds a benchmark of {held}, not {backbone}; choose another --out")
     out_dir.mkdir(parents=True, exist_ok=True)
     ds = load_dataset(root)
     started, t0 = utc_now(), time.perf_counter()
