@@ -586,7 +586,10 @@ def write_report(results: dict, out_dir: str | os.PathLike, *, title: str | None
     res = results.get("resources") or not_run("no result")
     if _not_run_section(res_sec, res):
         ext = results.get("extract") or {}
-        if _ran(ext):
+        if _ran(ext) and not ext.get("n_stored") and ext.get("n_skipped"):
+            res_sec.note(f"Extraction throughput not measured: all {ext['n_skipped']} clips were already in the store "
+                         "(a resumed run); benchmark into a new --out to measure it.")
+        elif _ran(ext):
             res_sec.p(f"Extraction: {ext.get('n_stored')} clips ({ext.get('audio_s', 0):.0f} s of audio) in "
                       f"{ext.get('elapsed_s', 0):.1f} s on {ext.get('device')}: {ext.get('clips_per_s', 0):.1f} "
                       f"clips/s, {ext.get('realtime_factor', 0):.0f}x real time; {ext.get('n_failed', 0)} failed, "
