@@ -13,9 +13,9 @@ Euclidean distance (lower is closer). Centring matters for post-ReLU embeddings 
 is non-negative, so raw cosines are all positive and crowd together; subtracting the mean spreads them out.
 
 Index kinds: ``flat`` is exact brute force; ``hnsw`` is a graph over uncompressed vectors (fast, approximate,
-no smaller than flat); ``ivfpq`` is an inverted file over 4-bit product-quantisation codes (FAISS fast-scan), with
-an OPQ rotation and a re-ranking of the shortlist on 8-bit scalar-quantised vectors: about 1/3 of the flat size
-and a few milliseconds per query at a million clips. ``auto`` picks ``flat`` up to ``AUTO_FLAT_MAX_CLIPS`` clips
+no smaller than flat); ``ivfpq`` is an inverted file over 4-bit product-quantisation codes (FAISS fast-scan) whose
+shortlist is re-ranked on 8-bit scalar-quantised vectors (optionally after an OPQ rotation): about 27% of the flat
+size at 1024 dims and well under a millisecond per query at 100k clips (see benchmarks/search_speed.py). ``auto`` picks ``flat`` up to ``AUTO_FLAT_MAX_CLIPS`` clips
 and ``ivfpq`` above. The parameters chosen are recorded in the manifest.
 
 Index directory::
@@ -169,11 +169,14 @@ def choose_index(n_clips: int, dim: int, kind: str = "auto", **overrides) -> tup
         # MAX_TRAIN_CLIPS vectors has >= ~40 points per centroid.
         cap = min(2048, min(n_clips, MAX_TRAIN_CLIPS) // 40)
         nlist = int(max(min(_pow2_near(4 * math.sqrt(max(n_clips, 1))), 2 ** int(math.log2(max(cap, 1)))), 16))
-        # 4-bit fast-scan PQ with dim/4 sub-quantisers (4 dims each -> 2 bytes per 4 floats), refined on SQ8:
-        # recall comes from the re-ranking, speed from the SIMD fast-scan.
-        pq_m = max(8, dim // 4)
+        # 4-bit fast-scan PQ codes (dim/8 sub-quantisers: 8 dims in 4 bits) only shortlist k_factor * k
+        # candidates, cheaply (SIMD); the final order comes from 8-bit scalar-quantised copies (1 byte per dim),
+        # which bound the recall (benchmarks/search_speed.py: ~0.96 recall@10 at 100k clustered clips; SQ6
+        # falls to ~0.89, fp16 reaches ~0.997 at twice the size). OPQ did not help on YAMNet-like data and
+        # costs minutes of training, so it is off by default.
+        pq_m = max(8, dim // 8)
         pq_m -= pq_m % 2  # fast-scan packs codes in pairs
-        params = {"nlist": nlist, "pq_m": pq_m, "opq": False, "nprobe": 32, "k_factor": 16, "refine": "SQ8"}
+        params = {"nlist": nlist, "pq_m": pq_m, "opq": False, "nprobe": 32, "k_factor": 64, "refine": "SQ8"}
     unknown = set(overrides) - set(params)
     if unknown:
         raise ValueError(f"unknown parameters for kind={kind!r}: {sorted(unknown)} (known: {sorted(params)})")

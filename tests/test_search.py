@@ -157,7 +157,7 @@ def test_other_backbone_or_dim_is_refused(tmp_path):
 def test_auto_choice_and_parameters():
     assert choose_index(1000, 1024)[0] == "flat"
     kind, params = choose_index(1_000_000, 1024)
-    assert kind == "ivfpq" and params["nlist"] == 2048 and params["pq_m"] == 256
+    assert kind == "ivfpq" and params["nlist"] == 2048 and params["pq_m"] == 128 and params["refine"] == "SQ8"
     assert choose_index(200_000, 1024, kind="ivfpq", nprobe=64)[1]["nprobe"] == 64
     with pytest.raises(ValueError, match="unknown parameters"):
         choose_index(100, 8, kind="flat", nprobe=3)
@@ -166,7 +166,7 @@ def test_auto_choice_and_parameters():
 def test_approximate_indexes_recall_against_exact(tmp_path):
     store = make_store(tmp_path / "s", n=12_000, dim=32, n_classes=40, spread=0.5)
     ivf = build_index(store, kind="ivfpq", metric="cosine", preprocess="center")
-    assert ivf.manifest.factory == "IVF256,PQ8x4fs,Refine(SQ8)"
+    assert ivf.manifest.factory == "IVF256,PQ8x4fs,Refine(SQ8)"  # dim 32 -> the minimum of 8 sub-quantisers
     ev = evaluate_index(ivf, k=10, max_queries=300)
     assert ev.recall_at_k is not None and ev.recall_at_k >= 0.9, ev
     assert ev.precision_at_k > 5 * ev.chance_precision
