@@ -265,7 +265,8 @@ class SimilarityIndex:
                n_clips: int | None = None, kind: str = "auto", metric: str = "cosine", preprocess: str = "none",
                whiten_components: int | None = None, whiten_eps: float = 0.1, seed: int = 0,
                **index_params) -> SimilarityIndex:
-        """An empty index whose preprocessing and quantisers are fitted on ``train_vectors`` (raw embeddings).
+        """An empty index whose preprocessing and quantisers are fitted on ``train_vectors`` (raw embeddings; a
+        random ``MAX_TRAIN_CLIPS`` of them when there are more).
 
         ``n_clips`` (default: ``len(train_vectors)``) is the expected size, which ``kind="auto"`` and the
         default parameters are chosen for. Add vectors with :meth:`add`."""
@@ -277,7 +278,12 @@ class SimilarityIndex:
             raise DataError(f"need a non-empty (n, dim) matrix of embeddings to build an index, got {train.shape}")
         if not np.isfinite(train).all():
             raise DataError("embeddings contain NaN or inf; re-extract the store")
-        pre = Preprocessor.fit(train, preprocess, n_components=whiten_components, eps=whiten_eps)
+        # preprocessing and quantisers are fitted on at most MAX_TRAIN_CLIPS rows (memory, k-means time)
+        sample = train
+        if len(sample) > MAX_TRAIN_CLIPS:
+            rng = np.random.default_rng(seed)
+            sample = sample[np.sort(rng.choice(len(sample), MAX_TRAIN_CLIPS, replace=False))]
+        pre = Preprocessor.fit(sample, preprocess, n_components=whiten_components, eps=whiten_eps)
         n_clips = len(train) if n_clips is None else int(n_clips)
         kind, params = choose_index(n_clips, pre.out_dim, kind, **index_params)
         factory = _factory_string(kind, pre.out_dim, params)
@@ -288,11 +294,8 @@ class SimilarityIndex:
             if kind == "ivfpq" and len(train) < IVFPQ_MIN_CLIPS:
                 raise DataError(f"kind='ivfpq' needs at least {IVFPQ_MIN_CLIPS} clips to train its quantisers, "
                                 f"got {len(train)}; use kind='flat' (exact) or 'auto'")
-            sample = train
-            if len(sample) > MAX_TRAIN_CLIPS:
-                rng = np.random.default_rng(seed)
-                sample = sample[np.sort(rng.choice(len(sample), MAX_TRAIN_CLIPS, replace=False))]
-            faiss.extract_index_ivf(index).cp.seed = seed if kind == "ivfpq" else 0
+            if kind == "ivfpq":
+                faiss.extract_index_ivf(index).cp.seed = seed
             index.train(_finish(pre.transform(sample), metric))
         _apply_search_params(index, kind, params)
         from embedtag import __version__
