@@ -55,8 +55,8 @@ def finetune(
     threads: int | None = typer.Option(None, min=1, help="CPU threads for torch (default: torch's choice)."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
-    """Fine-tune an AudioSet-pretrained CNN on labelled audio (K-fold, noisy-then-curated stages); the run
-    directory works with `embedtag predict`."""
+    """Fine-tune an AudioSet-pretrained CNN on labelled audio (K-fold, noisy-then-curated stages) into a run
+    directory (fold weights, config.json, log.csv, training.png) that embedtag.finetune.load_finetuned loads."""
     from embedtag.cli.heads import _parse_params
     from embedtag.finetune import finetune as run
 

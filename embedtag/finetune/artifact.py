@@ -44,11 +44,10 @@ def predict_waves(models, waves: Sequence[np.ndarray], crop_samples: int, tta_cr
     import torch
 
     from embedtag.embeddings.backbones._torch_util import autocast, to_device
+    from embedtag.finetune.data import eval_crops
 
     crops, owner = [], []
     for i, w in enumerate(waves):
-        from embedtag.finetune.data import eval_crops
-
         c = eval_crops(np.asarray(w, np.float32), crop_samples, tta_crops)
         crops.append(c)
         owner += [i] * len(c)
