@@ -90,11 +90,11 @@ def _fmt(v) -> str:
     if isinstance(v, float):
         if v != v:  # NaN
             return "–"
-        if v == int(v) and abs(v) >= 1:
-            return f"{int(v):,}" if abs(v) >= 10000 else str(int(v))
-        return f"{v:.{DIGITS}g}" if abs(v) < 1000 else f"{v:,.0f}"
+        if abs(v) >= 1000:
+            return f"{v:,.0f}"
+        return str(int(v)) if v == int(v) else f"{v:.{DIGITS}g}"
     if isinstance(v, int):
-        return f"{v:,}" if abs(v) >= 10000 else str(v)
+        return f"{v:,}"
     if isinstance(v, list):
         if all(not isinstance(x, (dict, list)) for x in v):
             return ", ".join(_fmt(x) for x in v)
