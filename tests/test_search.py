@@ -166,7 +166,8 @@ def test_auto_choice_and_parameters():
 def test_approximate_indexes_recall_against_exact(tmp_path):
     store = make_store(tmp_path / "s", n=12_000, dim=32, n_classes=40, spread=0.5)
     ivf = build_index(store, kind="ivfpq", metric="cosine", preprocess="center")
-    assert ivf.manifest.factory == "IVF256,PQ8x4fs,Refine(SQ8)"  # dim 32 -> the minimum of 8 sub-quantisers
+    # dim 32 -> the minimum of 8 sub-quantisers
+    assert ivf.manifest.factory == "IVF256,PQ8x4fs,Refine(RR32,SQ8)"
     ev = evaluate_index(ivf, k=10, max_queries=300)
     assert ev.recall_at_k is not None and ev.recall_at_k >= 0.9, ev
     assert ev.precision_at_k > 5 * ev.chance_precision
