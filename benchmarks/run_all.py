@@ -191,17 +191,62 @@ def _docline(name: str) -> str:
     return doc.strip().splitlines()[0] if doc.strip() else ""
 
 
+def _captured(fn, *args) -> str:
+    """What a script's table printer prints, as a string."""
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        fn(*args)
+    return buf.getvalue().strip()
+
+
+def _setup_lines(result: dict) -> str:
+    return "\n".join(f"- **{k}**: {_fmt(v)}" for k, v in result.items()
+                     if k != "benchmark" and not isinstance(v, (dict, list)))
+
+
+def _finetune_compare_markdown(result: dict) -> str:
+    """finetune_compare.json: per dataset and setting, frozen-embedding heads beside fine-tuned networks."""
+    lines = ["| run | clips | labels | folds | model | out-of-fold lwlrap | per-fold lwlrap | time (s) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, d in (result.get("datasets") or {}).items():
+        fe = d.get("frozen_embedding") or {}
+        for head, v in (fe.get("heads") or {}).items():
+            lines.append(f"| {name} | {d.get('clips')} | {d.get('labels')} | {d.get('folds')} | frozen "
+                         f"{fe.get('backbone')} embeddings + {head} | {_fmt(v.get('cv_lwlrap'))} | "
+                         f"{_fmt(v.get('fold_lwlrap'))} | {_fmt(v.get('train_s'))} |")
+        for setting, v in (d.get("finetuned") or {}).items():
+            epochs = (v.get("settings") or {}).get("epochs")
+            lines.append(f"| {name} | {d.get('clips')} | {d.get('labels')} | {d.get('folds')} | fine-tuned "
+                         f"{(v.get('settings') or {}).get('backbone', '')}, {setting} settings, {_fmt(epochs)} epochs, "
+                         f"last epoch | {_fmt(v.get('cv_lwlrap_last_epoch'))} | {_fmt(v.get('fold_lwlrap'))} | "
+                         f"{_fmt(v.get('elapsed_s'))} |")
+    notes = sorted({str(d.get("note")) for d in (result.get("datasets") or {}).values() if d.get("note")})
+    return "\n".join(lines) + ("\n\n" + "\n".join(f"Note: {n}." for n in notes) if notes else "")
+
+
 def _script_markdown(name: str):
-    """The script's own ``markdown(result) -> str`` renderer, if it defines one (imported lazily)."""
+    """How to render a script's JSON: its own ``markdown(result) -> str`` if it defines one, else its own table
+    printer where its signature is known, else a renderer here; None means the generic tables."""
+    if name == "finetune_compare":
+        return _finetune_compare_markdown
     if not (HERE / f"{name}.py").is_file():
         return None
     try:
         source = (HERE / f"{name}.py").read_text(encoding="utf-8")
-        if "def markdown(" not in source:
-            return None
-        return getattr(importlib.import_module(f"benchmarks.{name}"), "markdown", None)
+        if "def markdown(" in source:
+            return getattr(importlib.import_module(f"benchmarks.{name}"), "markdown", None)
+        if name == "heads_real" and "def print_tables(result" in source:
+            fn = importlib.import_module(f"benchmarks.{name}").print_tables
+            return lambda r: "\n\n".join(x for x in (_setup_lines(r), _captured(fn, r)) if x)
+        if name == "search_speed" and "def print_table(runs" in source:
+            fn = importlib.import_module(f"benchmarks.{name}").print_table
+            return lambda r: "\n\n".join(x for x in (_setup_lines(r), _captured(fn, r["runs"])) if x)
     except Exception:  # a script that cannot import falls back to the generic tables
         return None
+    return None
 
 
 def render_section(name: str, result: dict) -> str:
