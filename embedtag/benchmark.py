@@ -360,9 +360,8 @@ def run_benchmark(data: str | os.PathLike, out_dir: str | os.PathLike, *, backbo
     ``finetune``: also fine-tune a CNN end to end (:func:`embedtag.finetune.finetune`, ``finetune_epochs`` per
     stage, default its own), written to and resumed from ``out_dir/finetune``.
     Returns the results dict (with ``report`` paths added)."""
-    from embedtag.datasets import load_dataset
     from embedtag.heads import HEADS
-    from embedtag.profile import profile_dataset
+    from embedtag.profile import load_any, profile_dataset
 
     head_list = [h.strip() for h in heads.split(",")] if isinstance(heads, str) else list(heads)
     head_list = [h for h in head_list if h]
@@ -385,7 +384,7 @@ def run_benchmark(data: str | os.PathLike, out_dir: str | os.PathLike, *, backbo
         if held is not None and held != backbone:
             raise IncompatibleError(f"{out_dir} holds a benchmark of {held}, not {backbone}; choose another --out")
     out_dir.mkdir(parents=True, exist_ok=True)
-    ds = load_dataset(root)
+    ds = load_any(root)
     started, t0 = utc_now(), time.perf_counter()
     stages = _Stages()
     results: dict = {

@@ -23,7 +23,7 @@ import numpy as np
 
 from embedtag.errors import DataError, EmbedtagError
 
-__all__ = ["ClipFlag", "DatasetProfile", "profile_dataset", "clip_levels", "FLAG_KINDS"]
+__all__ = ["ClipFlag", "DatasetProfile", "profile_dataset", "clip_levels", "load_any", "FLAG_KINDS"]
 
 #: what a clip can be flagged for
 FLAG_KINDS = ("missing", "unreadable", "silent", "clipped", "too_short")
@@ -138,12 +138,17 @@ def _unlabelled_folder(root: Path):
                    "audio_folder", str(root))
 
 
-def _load(path) -> object:
-    from embedtag.datasets import Dataset, load_dataset
+def load_any(path):
+    """A :class:`~embedtag.datasets.Dataset` from any layout ``load_dataset`` reads; a ``fname,labels`` CSV finds
+    its audio in an ``audio/`` folder beside it when there is one (as ``embedtag extract`` does); a plain folder of
+    audio files is an unlabelled dataset."""
+    from embedtag.datasets import Dataset, load_dataset, read_labels_csv
 
     if isinstance(path, Dataset):
         return path
     p = Path(path)
+    if p.is_file() and p.suffix.lower() == ".csv" and (p.parent / "audio").is_dir():
+        return read_labels_csv(p, audio_dir=p.parent / "audio")
     try:
         return load_dataset(p)
     except DataError:
@@ -184,7 +189,7 @@ def profile_dataset(path, *, levels: bool = True, silence_dbfs: float = DEFAULT_
         raise DataError(f"invalid min_duration_s={min_duration_s!r}: expected >= 0")
     if not (isinstance(workers, int) and workers >= 1):
         raise DataError(f"invalid workers={workers!r}: expected an integer >= 1")
-    ds = _load(path)
+    ds = load_any(path)
     n = len(ds)
     flags: list[ClipFlag] = []
 

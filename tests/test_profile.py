@@ -97,6 +97,11 @@ def test_real_dataset_statistics(shared_data):
     assert p.label_counts == {"all": expected}
     assert p.labels_per_clip == {1: 79}
     assert p.sample_rates == {sf.info(shared_data / GOLDLAB / "audio" / labels[0]["fname"]).samplerate: 79}
+    # the labels CSV alone finds its audio/ folder, as `embedtag extract` does; the audio folder alone is unlabelled
+    c = profile_dataset(shared_data / GOLDLAB / "labels.csv", levels=False)
+    assert c.n_readable == 79 and c.label_counts == p.label_counts and c.durations_s == p.durations_s
+    a = profile_dataset(shared_data / GOLDLAB / "audio", levels=False)
+    assert a.layout == "audio_folder" and a.n_readable == 79 and a.n_labelled == 0 and a.labels_per_clip == {0: 79}
 
 
 def test_fsdkaggle2019_metadata_per_subset_without_audio(shared_data):
