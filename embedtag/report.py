@@ -27,7 +27,7 @@ from pathlib import Path
 
 from embedtag.errors import DataError
 
-__all__ = ["REFERENCES", "REFERENCE_WARNINGS", "write_report", "machine_info", "versions", "peak_rss_mib",
+__all__ = ["REFERENCES", "REFERENCE_WARNINGS", "REFERENCE_LABELS", "write_report", "machine_info", "versions", "peak_rss_mib",
            "rank_among_references", "references_for", "not_run"]
 
 #: Published results to put beside ours. ``dataset`` is the :class:`~embedtag.datasets.Dataset` layout they apply
@@ -75,6 +75,10 @@ REFERENCE_WARNINGS: dict[str, str] = {
     "esc50": ("HEAR 2021 numbers are 5-fold accuracy of a small classifier on frozen embeddings over the official "
               "ESC-50 folds, the protocol this benchmark follows when the dataset's folds are present."),
 }
+
+#: Label count of the datasets the references were measured on: a dataset in the same layout with another label
+#: count (ESC-10, a subset, a user's own data) is ranked with a caution.
+REFERENCE_LABELS: dict[str, int] = {"fsdkaggle2019": 80, "esc50": 50}
 
 MIB = 1024 * 1024
 #: how many classes the per-class plot shows at each end
@@ -461,10 +465,16 @@ def write_report(results: dict, out_dir: str | os.PathLike, *, title: str | None
                     "cross-validation on the training clips, not the competition test set (indicative only)"
                 ranks.append(f"{r} (measured on {where})")
         ranks = [r for r in ranks if r]
+        n_ref = REFERENCE_LABELS.get(layout)
+        if ranks and n_ref is not None and ds.get("n_labels") != n_ref:
+            ranks = [r + f"; caution: this dataset has {ds.get('n_labels')} labels where the references' has {n_ref},"
+                         " so the comparison is indicative only" for r in ranks]
         if ranks:
             for r in ranks:
                 refs_sec.p("Rank: " + r + ".")
                 summary.p("Rank among the published references: " + r + ".")
+            if layout in REFERENCE_WARNINGS:
+                summary.note(REFERENCE_WARNINGS[layout])
         else:
             refs_sec.p(f"No published reference applies to this dataset (layout {layout}); the references above are "
                        "for FSDKaggle2019 and ESC-50 and are shown for context only, so this result is not ranked.")

@@ -159,6 +159,7 @@ def test_benchmark_known_dataset_missing_then_present(tmp_path, capsys, monkeypa
     md = (rep / "report.md").read_text()
     assert all(f"## {s}" in md for s in SECTIONS)
     assert "would rank #" in md and "HEAR 2021" in md and r["provenance"]["weights_sha256"] in md
+    assert "this dataset has 5 labels where the references' has 50" in md
     page = (rep / "report.html").read_text()
     assert page.count("data:image/png;base64,") == len(PLOTS)
     assert not re.search(r'(src|href)="(?!data:|#|https://)', page) and "<script" not in page
@@ -222,6 +223,7 @@ def test_benchmark_fsdkaggle2019_layout_every_strategy_and_test_set(tmp_path, ca
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "confidence drop (< 0.5)" in md and "over the curated clips" in md
     assert "(measured on the labelled test set)" in md and "banned external data and pretrained models" in md
+    assert "caution: this dataset has 5 labels where the references' has 80" in md  # not the real FSDKaggle2019
     assert (tmp_path / "rep" / "lwlrap_by_strategy.png").stat().st_size > 10_000
 
 
