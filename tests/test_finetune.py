@@ -83,7 +83,7 @@ class Stop(Exception):
 def test_killed_and_resumed_run_matches_uninterrupted(tiny_dataset, tmp_path):
     from safetensors.torch import load_file
 
-    kw = dict(folds=2, epochs=(1, 2), progress=False, **TINY)
+    kw = dict(folds=2, epochs=(1, 2), progress=False, **{**TINY, "patience": 1})  # early stopping in play too
     full = finetune(tiny_dataset, out=tmp_path / "full", **kw)
 
     calls = []
@@ -127,13 +127,15 @@ def test_killed_and_resumed_run_matches_uninterrupted(tiny_dataset, tmp_path):
     with open(run / "log.csv") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["fold", "stage", "epoch", "loss", "val_lwlrap", "lr", "clips_per_s", "seconds"]
-    assert [(r["fold"], r["stage"]) for r in rows] == [("0", "noisy"), ("0", "curated"), ("0", "curated"),
-                                                       ("1", "noisy"), ("1", "curated"), ("1", "curated")]
+    assert [(int(r["fold"]), r["stage"], int(r["epoch"])) for r in rows] == [
+        (r["fold"], r["stage"], r["epoch"]) for r in full.history]
+    assert [(r["fold"], r["stage"]) for r in full.history][:2] == [(0, "noisy"), (0, "curated")]
     assert (run / "training.png").stat().st_size > 1000 and (run / "oof.csv").is_file()
     assert not list(run.rglob("*.pt")) and not list(run.rglob("*.pkl"))
     # resuming a finished run returns it instead of training again
     again = finetune(tiny_dataset, out=run, resume=True, **kw)
     assert again.cv_lwlrap == pytest.approx(full.cv_lwlrap)
+    assert [r["loss"] for r in again.history] == pytest.approx([r["loss"] for r in full.history])
 
 
 def test_finetuned_artifact_predicts_ensemble_of_folds(tiny_dataset, tmp_path):

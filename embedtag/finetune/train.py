@@ -453,4 +453,7 @@ def _read_log(path: Path) -> list[dict]:
     if not path.is_file():
         return []
     with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+        rows = list(csv.DictReader(f))
+    # same types as a live run's history
+    return [{c: (r[c] if c == "stage" else int(r[c]) if c in ("fold", "epoch") else float(r[c])) for c in LOG_COLUMNS}
+            for r in rows]
