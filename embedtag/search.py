@@ -174,11 +174,12 @@ def choose_index(n_clips: int, dim: int, kind: str = "auto", **overrides) -> tup
         # candidates, cheaply (SIMD); the final order comes from 8-bit scalar-quantised copies (1 byte per dim)
         # after a random rotation, which spreads the sparse, heavy-tailed post-ReLU coordinates evenly over the
         # per-dimension ranges SQ8 learns (exhaustive SQ8 recall@10 at 100k clustered clips: 0.97 -> 0.99).
-        # SQ6 falls to ~0.89; fp16 is ~0.997 at twice the size. OPQ did not help on YAMNet-like data and
-        # costs minutes of training, so it is off by default.
+        # SQ6 falls to ~0.89; fp16 is ~0.997 at twice the size. At 1M clips the shortlist needs k_factor ~256
+        # to reach that ceiling (p50 ~2 ms on 2 cores). OPQ did not help on YAMNet-like data and costs minutes
+        # of training, so it is off by default.
         pq_m = max(8, dim // 8)
         pq_m -= pq_m % 2  # fast-scan packs codes in pairs
-        params = {"nlist": nlist, "pq_m": pq_m, "opq": False, "nprobe": 32, "k_factor": 64, "refine": "SQ8",
+        params = {"nlist": nlist, "pq_m": pq_m, "opq": False, "nprobe": 32, "k_factor": 256, "refine": "SQ8",
                   "refine_rotation": True}
     unknown = set(overrides) - set(params)
     if unknown:
