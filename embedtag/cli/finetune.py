@@ -40,7 +40,7 @@ def finetune(
     epochs: str = typer.Option("10", help="Epochs per stage: one number, or one per stage (e.g. 4,6)."),
     batch_size: int = typer.Option(32, "--batch-size", min=2),
     crop_s: float = typer.Option(2.0, "--crop-s", help="Training / test-time crop length in seconds."),
-    lr: float = typer.Option(1e-3, help="Learning rate of the new output layer (lower layers get less)."),
+    lr: float = typer.Option(3e-3, help="Learning rate of the new output layer (lower layers get less)."),
     noisy_loss: str = typer.Option("weighted", "--noisy-loss", help="weighted (noisy clips x --noisy-weight) or "
                                                                     "lsoft (soft bootstrapping)."),
     noisy_weight: float = typer.Option(0.5, "--noisy-weight"),

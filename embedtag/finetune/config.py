@@ -33,16 +33,17 @@ class FinetuneConfig:
     crop_s: float = 2.0
     #: crops averaged per clip at validation and prediction time (test-time averaging)
     tta_crops: int = 3
-    lr: float = 1e-3
+    lr: float = 3e-3
     layer_decay: float = 0.85
     weight_decay: float = 1e-2
     warmup_frac: float = 0.1
-    #: Beta(alpha, alpha) mixup of log-mel inputs and targets; 0 disables
-    mixup_alpha: float = 0.3
+    #: Beta(alpha, alpha) mixup of log-mel inputs and targets; 0 disables (the default: on the small real sets of
+    #: benchmarks/finetune_compare.py mixup 0.3 with 2 + 2 masks lost ~0.08-0.13 lwlrap; large noisy sets may differ)
+    mixup_alpha: float = 0.0
     #: SpecAugment: number of frequency / time masks and their maximum widths
-    freq_masks: int = 2
+    freq_masks: int = 1
     freq_mask_bins: int = 16
-    time_masks: int = 2
+    time_masks: int = 1
     time_mask_frac: float = 0.1
     curated_oversample: int = 2
     noisy_loss: str = "weighted"
@@ -53,8 +54,9 @@ class FinetuneConfig:
     #: keep each fold's best-validation-epoch weights (True) or its last epoch's (False: the out-of-fold lwlrap
     #: is then not selected on the validation fold itself)
     select_best: bool = True
-    #: keep BatchNorm running statistics at their pretrained values (the affine parameters still train)
-    freeze_bn: bool = False
+    #: keep BatchNorm running statistics at their pretrained values (the affine parameters still train); small
+    #: batches of a small dataset otherwise pull them away from what the pretrained layers expect
+    freeze_bn: bool = True
     seed: int = 0
 
     def __post_init__(self):
