@@ -106,7 +106,7 @@ def evaluate(
     t.add_row("queries", str(ev.n_queries))
     t.add_row(f"precision@{ev.k}", fmt(ev.precision_at_k))
     t.add_row(f"mAP@{ev.k}", fmt(ev.map_at_k))
-    t.add_row(f"chance precision", fmt(ev.chance_precision))
+    t.add_row("chance precision", fmt(ev.chance_precision))
     t.add_row(f"recall@{ev.k} vs exact", fmt(ev.recall_at_k) if ev.kind != "flat" else "1 (exact index)")
     console = Console()
     console.print(t)
