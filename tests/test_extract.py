@@ -183,3 +183,5 @@ def test_cli_extract_exit_codes_and_summary(messy_dir, tmp_path, shared_models):
     r = subprocess.run([sys.executable, "-m", "embedtag", "extract", str(tmp_path / "missing"), "--out",
                         str(tmp_path / "t"), "-q"], env=env, capture_output=True, text=True)
     assert r.returncode == 1 and "input not found" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, "-m", "embedtag", "extract"], env=env, capture_output=True, text=True)
+    assert r.returncode == 2 and "Missing argument" in r.stdout + r.stderr and "Traceback" not in r.stderr

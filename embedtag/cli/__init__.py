@@ -51,24 +51,10 @@ def main(argv: list[str] | None = None) -> None:
     # TensorFlow's C++ logging drowns the progress bars; users can still raise it.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
-        rc = app(args=argv, standalone_mode=False)  # click returns typer.Exit's code here
-        sys.exit(rc if isinstance(rc, int) else 0)
+        # standalone mode: Typer prints usage errors and turns typer.Exit / Ctrl-C into exit codes itself
+        app(args=argv)
     except EmbedtagError as exc:
         from rich.console import Console
 
         Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(1)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        print("interrupted; what was written so far is kept (rerun to resume)", file=sys.stderr)
-        sys.exit(130)
-    except Exception as exc:  # click usage errors when standalone_mode=False
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(130)
-        raise
