@@ -2,7 +2,10 @@
 
 Multi-label: sigmoid outputs, binary cross-entropy. Single-label: softmax, cross-entropy. Early stopping keeps the
 weights of the epoch with the best validation lwlrap (single-label: the same metric, which then equals mean
-reciprocal rank of the true label). Noisy clips (``subset == "noisy"``) can be trained with the soft bootstrapping
+reciprocal rank of the true label), on ``X_val``/``Y_val`` when given, else on a held-out ``validation_fraction``
+of the clean clips, but only when that split has at least ``min_validation_clips`` clips: on the small real sets
+of benchmarks/heads_real.py, ranking epochs on ~30 held-out clips cost 0.01-0.09 lwlrap against training
+``epochs`` epochs on every clip, and so did batch norm, hence the defaults (no batch norm, dropout 0.5, 40 epochs). Noisy clips (``subset == "noisy"``) can be trained with the soft bootstrapping
 loss Lsoft of Reed et al. (2015): the target becomes ``beta * label + (1 - beta) * prediction``, so the model is
 allowed to partly disagree with a label it finds implausible. Runs on CUDA when present.
 """
@@ -18,11 +21,12 @@ from embedtag.metrics import lwlrap
 class MLPHead(Head):
     kind = "mlp"
     _param_names = ("hidden", "dropout", "batch_norm", "lr", "weight_decay", "epochs", "batch_size", "patience",
-                    "validation_fraction", "label_smoothing", "bootstrap_beta", "device", "n_threads")
+                    "validation_fraction", "min_validation_clips", "label_smoothing", "bootstrap_beta", "device",
+                    "n_threads")
 
-    def __init__(self, hidden=(512,), dropout: float = 0.3, batch_norm: bool = True, lr: float = 1e-3,
-                 weight_decay: float = 1e-4, epochs: int = 100, batch_size: int = 128, patience: int = 10,
-                 validation_fraction: float = 0.15, label_smoothing: float = 0.0,
+    def __init__(self, hidden=(512,), dropout: float = 0.5, batch_norm: bool = False, lr: float = 1e-3,
+                 weight_decay: float = 1e-4, epochs: int = 40, batch_size: int = 128, patience: int = 10,
+                 validation_fraction: float = 0.15, min_validation_clips: int = 100, label_smoothing: float = 0.0,
                  bootstrap_beta: float | None = None, device: str = "auto", n_threads: int = 1,
                  multi_label: bool = True, seed: int = 0):
         super().__init__(multi_label=multi_label, seed=seed)
@@ -39,6 +43,8 @@ class MLPHead(Head):
         check_param(isinstance(patience, int) and patience >= 1, "patience", patience, "an integer >= 1")
         check_param(isinstance(validation_fraction, (int, float)) and 0 <= validation_fraction < 0.5,
                     "validation_fraction", validation_fraction, "in [0, 0.5)")
+        check_param(isinstance(min_validation_clips, int) and min_validation_clips >= 1, "min_validation_clips",
+                    min_validation_clips, "an integer >= 1")
         check_param(isinstance(label_smoothing, (int, float)) and 0 <= label_smoothing < 0.5, "label_smoothing",
                     label_smoothing, "in [0, 0.5)")
         check_param(bootstrap_beta is None or (isinstance(bootstrap_beta, (int, float)) and 0 < bootstrap_beta <= 1),
@@ -49,6 +55,7 @@ class MLPHead(Head):
         self.lr, self.weight_decay, self.epochs = float(lr), float(weight_decay), epochs
         self.batch_size, self.patience = batch_size, patience
         self.validation_fraction = float(validation_fraction)
+        self.min_validation_clips = min_validation_clips
         self.label_smoothing = float(label_smoothing)
         self.bootstrap_beta = None if bootstrap_beta is None else float(bootstrap_beta)
         check_param(isinstance(n_threads, int) and n_threads >= 0, "n_threads", n_threads,
@@ -104,7 +111,7 @@ class MLPHead(Head):
             # hold out clean clips only: early stopping must not chase noisy labels
             clean = np.flatnonzero(~noisy & (Y.sum(1) > 0))
             n_val = int(round(len(clean) * self.validation_fraction))
-            if n_val >= 5 and len(clean) - n_val >= 5:
+            if n_val >= self.min_validation_clips and len(clean) - n_val >= 5:
                 val_idx = rng.choice(clean, n_val, replace=False)
                 keep = np.ones(len(X), bool)
                 keep[val_idx] = False
