@@ -90,7 +90,7 @@ def test_evaluate_prints_and_saves_plots(trained, tmp_path, capsys):
     store, out = trained
     main(["evaluate", str(out), str(store.path), "--out", str(tmp_path / "eval")])
     text = capsys.readouterr().out
-    assert "lwlrap" in text and "per class" in text
+    assert "lwlrap" in text and "per class" in text and "in-sample" in text  # evaluated on its training store
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert 0.9 < metrics["lwlrap"] <= 1.0 and metrics["n_clips"] == 220 and "accuracy" in metrics
     assert len(pd.read_csv(tmp_path / "eval" / "per_class.csv")) == 11

@@ -162,6 +162,11 @@ def evaluate(
         s.add_row("accuracy (top-1)", f"{res['accuracy']:.4f}")
     s.add_row("accuracy_multi @0.5", f"{res['accuracy_multi']:.4f}  (element-wise; inflated by negatives)")
     console.print(s)
+    from embedtag.store import open_store
+
+    if h.store_fingerprint and h.store_fingerprint == open_store(store).fingerprint():
+        console.print("[yellow]note:[/] this is the store the head was trained on, so these are in-sample scores; "
+                      "`embedtag fit-head --folds 5` gives cross-validated ones", highlight=False)
     table = res["per_class"].sort_values("lwlrap")
     t = Table("label", "clips", "lwlrap", "weight", "AP", title="per class (worst first)", title_justify="left")
     for r in (table if rows == 0 else table.head(rows)).itertuples():
