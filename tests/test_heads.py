@@ -224,3 +224,26 @@ def test_lightgbm_on_principal_components_round_trips(office, tmp_path):
     res = cross_validate(lambda: make_head("lightgbm", n_estimators=20, num_leaves=7, n_components=32), X, Y,
                          folds=3)
     assert res.lwlrap > 0.8
+
+
+def test_fit_head_uses_the_dataset_folds_when_given(tmp_path):
+    """ESC-50 comes with its own folds: cross-validation follows them instead of stratifying afresh."""
+    rng = np.random.default_rng(0)
+    (tmp_path / "meta").mkdir()
+    lines = ["filename,fold,target,category,esc10,src_file,take"]
+    rows = []
+    for i in range(45):
+        target, fold = i % 3, i % 5 % 3 + 1
+        lines.append(f"{i}-x-A-{target}.wav,{fold},{target},{['dog', 'rain', 'siren'][target]},False,{i},A")
+        rows.append({"clip_id": f"{i}-x-A-{target}.wav",
+                     "embedding": (np.eye(8)[target] * 4 + rng.normal(size=8)).astype(np.float32)})
+    (tmp_path / "meta" / "esc50.csv").write_text("\n".join(lines) + "\n")
+    store = EmbeddingStore.create(tmp_path / "store", StoreManifest("yamnet", 8, 16000, "mean", 10.0))
+    store.append(rows)
+    head, report = fit_head(store, labels=tmp_path, head="logreg", folds=5, progress=False)
+    assert len(report.cv.fold_lwlrap) == 3 and report.cv.lwlrap > 0.9
+    expected = np.array([i % 5 % 3 for i in range(45)])  # folds 1..3 -> 0..2 in file order
+    np.testing.assert_array_equal(report.cv.fold_of, expected)
+    _, stratified = fit_head(store, labels=tmp_path, head="logreg", folds=5, dataset_folds_first=False,
+                             progress=False)
+    assert len(stratified.cv.fold_lwlrap) == 5

@@ -27,6 +27,31 @@ def _basename(clip_id: str) -> str:
     return clip_id.replace("\\", "/").rsplit("/", 1)[-1]
 
 
+def _match(store_ids: list[str], ds: Dataset) -> list[int | None]:
+    """Index into ``ds`` of each store clip: by clip_id, else by file name when that is unambiguous."""
+    exact = {c: i for i, c in enumerate(ds.clip_ids)}
+    by_name: dict[str, int | None] = {}
+    for i, c in enumerate(ds.clip_ids):
+        b = _basename(c)
+        by_name[b] = None if b in by_name else i  # None marks an ambiguous file name
+    out = []
+    for c in store_ids:
+        i = exact.get(c)
+        out.append(i if i is not None else by_name.get(_basename(c)))
+    return out
+
+
+def dataset_folds(store, labels) -> np.ndarray | None:
+    """The dataset's own fold of each store clip (e.g. ESC-50's 5 folds), or None when ``labels`` gives none."""
+    if labels is None:
+        return None
+    store = _open(store)
+    ds = labels if isinstance(labels, Dataset) else load_dataset(labels)
+    if all(f is None for f in ds.folds):
+        return None
+    return np.array([None if i is None else ds.folds[i] for i in _match(store.clip_ids, ds)], dtype=object)
+
+
 def labels_for_store(store, labels=None, vocabulary: list[str] | None = None):
     """Match labels to the clips of ``store``.
 
@@ -46,18 +71,9 @@ def labels_for_store(store, labels=None, vocabulary: list[str] | None = None):
     else:
         ds = labels if isinstance(labels, Dataset) else load_dataset(labels, vocabulary)
         vocab = list(vocabulary) if vocabulary is not None else list(ds.vocabulary)
-        exact = {c: i for i, c in enumerate(ds.clip_ids)}
-        by_name: dict[str, int | None] = {}
-        for i, c in enumerate(ds.clip_ids):
-            b = _basename(c)
-            by_name[b] = None if b in by_name else i  # None marks an ambiguous file name
-        lists, subsets = [], []
-        for c in ids:
-            i = exact.get(c)
-            if i is None:
-                i = by_name.get(_basename(c))
-            lists.append(None if i is None else ds.labels[i])
-            subsets.append(None if i is None else ds.subsets[i])
+        match = _match(ids, ds)
+        lists = [None if i is None else ds.labels[i] for i in match]
+        subsets = [None if i is None else ds.subsets[i] for i in match]
         if all(lab is None for lab in lists):
             src = labels if not isinstance(labels, Dataset) else labels.root
             raise DataError(f"no clip of store {store.path} (e.g. {ids[0] if ids else 'none'!r}) is named in "
@@ -91,10 +107,12 @@ class FitReport:
 def fit_head(store, labels=None, head: str = "mlp", params: dict | None = None, *, noisy_weight: float = 1.0,
              confidence: str | None = None, confidence_threshold: float = 0.5, folds: int = 0,
              multi_label: bool | str = "auto", seed: int = 0, vocabulary: list[str] | None = None,
-             progress: bool = True) -> tuple[Head, FitReport]:
+             dataset_folds_first: bool = True, progress: bool = True) -> tuple[Head, FitReport]:
     """Train a head of kind ``head`` on the labelled clips of ``store``; with ``folds >= 2`` first measure it
     by cross-validation (with the label-prior baseline and, when the store keeps AudioSet scores, the
-    zero-shot baseline on the same clips). Returns the head fitted on all labelled clips and a report."""
+    zero-shot baseline on the same clips). When the labels come with the dataset's own folds for every scored
+    clip (ESC-50) and ``dataset_folds_first``, those folds are used instead of ``folds`` stratified ones.
+    Returns the head fitted on all labelled clips and a report."""
     from embedtag.heads import make_head
     from embedtag.heads.zeroshot import zero_shot_store
 
@@ -119,10 +137,18 @@ def fit_head(store, labels=None, head: str = "mlp", params: dict | None = None, 
                 "confidence_threshold": confidence_threshold}
     report = FitReport(head, int(labelled.sum()), len(vocab), multi_label, 0.0)
     if folds:
-        report.cv = cross_validate(make, Xl, Yl, subset=subset_arg, folds=folds, seed=seed, progress=progress,
-                                   **train_kw)
+        fold_ids = dataset_folds(store, labels) if dataset_folds_first else None
+        if fold_ids is not None:
+            fold_ids = fold_ids[labelled]
+            scored = ~noisy_mask(subset_arg, len(Xl))
+            if any(f is None for f in fold_ids[scored]):
+                fold_ids = None  # some scored clips have no fold: stratify instead
+            else:
+                fold_ids = np.where(scored, fold_ids, -1).astype(int)
+        report.cv = cross_validate(make, Xl, Yl, subset=subset_arg, folds=folds, seed=seed,
+                                   fold_ids=fold_ids, progress=progress, **train_kw)
         prior = cross_validate(lambda: make_head("prior", multi_label=multi_label), Xl, Yl, subset=subset_arg,
-                               folds=folds, seed=seed)
+                               folds=folds, seed=seed, fold_ids=fold_ids)
         report.prior_cv_lwlrap = prior.lwlrap
         if store.manifest.has_scores:
             zs, _ = zero_shot_store(store, vocab)
