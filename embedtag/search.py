@@ -47,7 +47,7 @@ FORMAT_VERSION = 1
 KINDS = ("auto", "flat", "hnsw", "ivfpq")
 METRICS = ("cosine", "l2")
 PREPROCESSING = ("none", "center", "whiten")
-#: ``kind="auto"`` uses exact search up to this many clips (at 1024 dims: 200 MB, one 0.2 GFLOP pass per query)
+#: ``kind="auto"`` uses exact search up to this many clips (at 1024 dims: 200 MB, one 0.1 GFLOP pass per query)
 AUTO_FLAT_MAX_CLIPS = 50_000
 #: the fewest clips an ``ivfpq`` index can be trained on (k-means and the PQ codebooks need data)
 IVFPQ_MIN_CLIPS = 10_000
