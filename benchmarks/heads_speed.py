@@ -68,7 +68,7 @@ def main() -> None:
     Xtr, Ytr, Xte, Yte = X[:args.clips], Y[:args.clips], X[args.clips:], Y[args.clips:]
     configs = {
         "logreg": {"C": 0.1, "max_iter": 100, "n_jobs": 2},
-        "mlp": {"hidden": [256], "epochs": 12, "patience": 2, "batch_size": 512, "lr": 2e-3, "n_threads": 1},
+        "mlp": {"hidden": [256], "epochs": 40, "patience": 5, "batch_size": 512, "lr": 2e-3, "n_threads": 1},
         "knn": {"k": 10},
         "prior": {},
         "lightgbm": {"n_estimators": 100, "num_leaves": 15, "feature_fraction": 0.5, "subsample": 0.5,
