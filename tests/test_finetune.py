@@ -201,3 +201,36 @@ def test_cli_finetune_from_labels_csv(tiny_dataset, tmp_path, capsys):
               str(tmp_path / "bad"), "-q"])
     assert exc.value.code == 1
     assert "stages" in capsys.readouterr().err
+
+
+def test_predict_and_evaluate_accept_a_finetuned_run(tiny_dataset, tmp_path, capsys):
+    """`embedtag predict` / `evaluate` take a fine-tuned run like any head (it reads the clips' audio)."""
+    import os
+
+    import pandas as pd
+
+    from embedtag.cli import main
+    from embedtag.embeddings.pipeline import extract
+
+    run = tmp_path / "run"
+    finetune(tiny_dataset, out=run, folds=0, stages=("curated",), epochs=1, progress=False, **TINY)
+    data = tmp_path / "data"
+    (data / "audio").mkdir(parents=True)
+    ids, labels = tiny_dataset.clip_ids[:6], tiny_dataset.labels[:6]
+    for cid in ids:
+        os.symlink(OFFICE / "audio" / cid, data / "audio" / cid)
+    pd.DataFrame({"fname": ids, "labels": [",".join(lab) for lab in labels]}).to_csv(data / "labels.csv", index=False)
+    with pytest.raises(SystemExit) as exc:
+        main(["predict", str(run), str(data / "audio"), "--out", str(tmp_path / "sub.csv"), "-q", "--device", "cpu"])
+    assert exc.value.code == 0
+    sub = pd.read_csv(tmp_path / "sub.csv")
+    assert list(sub.columns) == ["fname", *CLASSES] and sorted(sub.fname) == sorted(ids)
+    extract(data, tmp_path / "store", model="yamnet-lite", progress=False)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate", str(run), str(tmp_path / "store")])
+    assert exc.value.code == 0
+    assert "lwlrap" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:  # a fine-tuned run cannot read a store's embeddings
+        main(["predict", str(run), str(tmp_path / "store"), "--out", str(tmp_path / "x.csv")])
+    assert exc.value.code == 1

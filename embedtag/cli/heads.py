@@ -111,11 +111,18 @@ def predict(
 
     if fmt not in ("csv", "json"):
         raise ParamError(f"--format {fmt!r}: expected csv or json")
-    h = load_head(head)
-    if len(inputs) == 1 and _is_store(inputs[0]):
-        frame = predict_store(h, inputs[0])
+    from embedtag.finetune import is_finetuned, load_finetuned
+
+    if is_finetuned(head):  # a fine-tuned network (embedtag finetune) reads the audio itself
+        if len(inputs) == 1 and _is_store(inputs[0]):
+            raise ParamError(f"{head} is a fine-tuned network: give it audio files or folders, not a store")
+        frame = load_finetuned(head, device=device).predict_files([str(p) for p in inputs], progress=not quiet)
     else:
-        frame = predict_files(h, [str(p) for p in inputs], device=device, progress=not quiet)
+        h = load_head(head)
+        if len(inputs) == 1 and _is_store(inputs[0]):
+            frame = predict_store(h, inputs[0])
+        else:
+            frame = predict_files(h, [str(p) for p in inputs], device=device, progress=not quiet)
     out.parent.mkdir(parents=True, exist_ok=True)
     if top_k is not None:
         tags = top_k_fn(frame, top_k)
@@ -151,7 +158,10 @@ def evaluate(
     from embedtag.heads import evaluate_head, load_head
     from embedtag.heads.api import plot_evaluation
 
-    h = load_head(head)
+    from embedtag.finetune import is_finetuned, load_finetuned
+
+    # a fine-tuned run scores the store's clips from their audio paths
+    h = load_finetuned(head) if is_finetuned(head) else load_head(head)
     res = evaluate_head(h, store, labels)
     console = Console()
     s = Table(title=f"evaluate {head} on {store} ({res['n_clips']} clips)", show_header=False,
@@ -164,7 +174,8 @@ def evaluate(
     console.print(s)
     from embedtag.store import open_store
 
-    if h.store_fingerprint and h.store_fingerprint == open_store(store).fingerprint():
+    fingerprint = getattr(h, "store_fingerprint", None)
+    if fingerprint and fingerprint == open_store(store).fingerprint():
         console.print("[yellow]note:[/] this is the store the head was trained on, so these are in-sample scores; "
                       "`embedtag fit-head --folds 5` gives cross-validated ones", highlight=False)
     table = res["per_class"].sort_values("lwlrap")

@@ -131,6 +131,14 @@ class FinetunedModel:
             out[s:s + chunk] = self.predict_proba_waves(waves, batch_size)
         return out
 
+    def predict_proba_store(self, store, rows=None, batch_size: int = 32, progress: bool = False) -> np.ndarray:
+        """Probabilities for the clips of an embedding store, read again from their audio ``path`` (the network
+        needs waveforms, not the store's embeddings); ``rows`` is an optional boolean mask."""
+        paths = store.table(["path"]).column("path").to_pylist()
+        if rows is not None:
+            paths = [p for p, keep in zip(paths, rows) if keep]
+        return self.predict_proba_files(paths, batch_size, progress)
+
     def predict_files(self, inputs, batch_size: int = 32, progress: bool = False):
         """Files or directories -> DataFrame ``fname`` + one column per label (the layout of
         ``embedtag.heads.predict_files``)."""

@@ -242,13 +242,16 @@ def evaluate_head(head: Head, store, labels=None) -> dict:
     from sklearn.metrics import average_precision_score
 
     store = _open(store)
-    head.check_store(store)
+    scores_from_audio = hasattr(head, "predict_proba_store")  # a fine-tuned network scores audio, not embeddings
+    if not scores_from_audio:
+        head.check_store(store)
     Y, _, subsets, labelled = labels_for_store(store, labels, head.vocabulary)
     keep = labelled & ~noisy_mask(subsets, len(Y))
     if not keep.any():
         raise DataError(f"store {store.path}: no labelled clip to evaluate on")
     Yk = Y[keep]
-    P = head.predict_proba(store.embeddings()[keep])
+    P = head.predict_proba_store(store, rows=keep) if scores_from_audio else \
+        head.predict_proba(store.embeddings()[keep])
     per_class, weights = lwlrap_per_class(Yk, P)
     n_pos = Yk.sum(0).astype(int)
     ap = [average_precision_score(Yk[:, j], P[:, j]) if 0 < n_pos[j] < len(Yk) else np.nan
