@@ -226,3 +226,26 @@ def test_real_audio_file_query_matches_stored_id_query(office):
         np.testing.assert_allclose([r["score"] for r in f[1:]], [r["score"] for r in i], atol=1e-4)
     # a directory query is every audio file in it
     assert len(index.expand_queries([str(Path(paths[0]).parent)])) == 220
+
+
+@pytest.mark.parametrize("metric,preprocess", [("cosine", "none"), ("cosine", "center"), ("l2", "none")])
+def test_real_exact_search_equals_numpy_brute_force(office, metric, preprocess):
+    x = office.embeddings()
+    index = build_index(office, kind="flat", metric=metric, preprocess=preprocess)
+    ids = np.array(office.clip_ids)
+    every = list(range(0, len(ids), 11))
+    rows, scores = numpy_neighbours(preprocess_numpy(x, preprocess, x), preprocess_numpy(x[every], preprocess, x),
+                                    5, metric, exclude=every)
+    got = index.query(ids[every].tolist(), k=5)
+    np.testing.assert_allclose([[r["score"] for r in res] for res in got], scores, rtol=1e-4, atol=1e-4)
+    # the same clips in the same order, except where float32 and float64 may order a near-tie differently
+    _, scores6 = numpy_neighbours(preprocess_numpy(x, preprocess, x), preprocess_numpy(x[every], preprocess, x),
+                                  6, metric, exclude=every)
+    n_checked = 0
+    for res, want, sc in zip(got, ids[rows], scores6):
+        for r in range(5):
+            tie = any(abs(sc[r] - sc[j]) < 1e-5 for j in range(6) if j != r)
+            if not tie:
+                assert res[r]["clip_id"] == want[r]
+                n_checked += 1
+    assert n_checked >= 0.9 * 5 * len(every)
