@@ -73,6 +73,8 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     code, _, err = run(capsys, "index", "build", tmp_path / "s", "--out", tmp_path / "other", "-q")
     assert code == 1 and "not a similarity index" in err
     assert json.loads((tmp_path / "other" / "manifest.json").read_text())["backbone"] == "panns-cnn14"
+    code, _, err = run(capsys, "index", "build", tmp_path / "s", "--out", tmp_path / "x", "--kind", "annoy")
+    assert code == 2 and "annoy" in err and not (tmp_path / "x").exists()
 
 
 def test_cli_search_with_real_audio_file(real_store, tmp_path, capsys):
