@@ -24,7 +24,7 @@ def extract(
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     batch_size: int | None = typer.Option(None, "--batch-size", "-b", min=1, help="Windows per model call "
                                                                                   "(default: the backbone's)."),
-    workers: int | None = typer.Option(None, min=1, help="Decoding threads (default: min(4, CPUs))."),
+    workers: int | None = typer.Option(None, min=1, help="Decoding threads (default: CPUs - 1, at most 4)."),
     pooling: str = typer.Option("mean", help="Pooling of window embeddings: mean, max or meanmax."),
     window_s: float = typer.Option(10.0, "--window-s", min=0.1, help="Clips longer than this are cut into windows."),
     scores: bool = typer.Option(True, "--scores/--no-scores", help="Keep the AudioSet class scores."),

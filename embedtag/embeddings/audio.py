@@ -49,8 +49,7 @@ def is_audio_path(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in AUDIO_EXTENSIONS
 
 
-def audio_info(path: str | os.PathLike) -> AudioInfo:
-    """Read the header of ``path``; raise AudioError if it is not decodable audio."""
+def _open(path: str | os.PathLike) -> tuple[Path, sf.SoundFile]:
     p = Path(path)
     if not p.exists():
         raise AudioError(p, "file not found")
@@ -62,12 +61,24 @@ def audio_info(path: str | os.PathLike) -> AudioInfo:
     if p.stat().st_size == 0:
         raise AudioError(p, "empty file (0 bytes)")
     try:
-        info = sf.info(str(p))
+        f = sf.SoundFile(str(p))
     except Exception as exc:  # libsndfile's messages are terse; keep them but say what it means
         raise AudioError(p, f"cannot decode (corrupt or unsupported audio): {_short(exc)}") from None
-    if info.frames <= 0 or info.samplerate <= 0:
+    if f.frames <= 0 or f.samplerate <= 0:
+        f.close()
         raise AudioError(p, "contains no audio samples")
-    return AudioInfo(str(p), int(info.samplerate), int(info.channels), int(info.frames), info.format, info.subtype)
+    return p, f
+
+
+def _info(p: Path, f: sf.SoundFile) -> AudioInfo:
+    return AudioInfo(str(p), int(f.samplerate), int(f.channels), int(f.frames), f.format, f.subtype)
+
+
+def audio_info(path: str | os.PathLike) -> AudioInfo:
+    """Read the header of ``path``; raise AudioError if it is not decodable audio."""
+    p, f = _open(path)
+    with f:
+        return _info(p, f)
 
 
 def to_mono(samples: np.ndarray) -> np.ndarray:
@@ -84,6 +95,35 @@ def resample(samples: np.ndarray, sample_rate: int, target_rate: int) -> np.ndar
     return soxr.resample(samples, sample_rate, target_rate, quality=RESAMPLE_QUALITY).astype(np.float32, copy=False)
 
 
+def read_audio(
+    path: str | os.PathLike,
+    sample_rate: int | None = None,
+    *,
+    max_duration_s: float | None = DEFAULT_MAX_DURATION_S,
+    whole_up_to_s: float | None = None,
+) -> tuple[np.ndarray | None, AudioInfo]:
+    """Open ``path`` once: its header, and its samples as mono float32 at ``sample_rate`` (None: the file's rate).
+
+    Files longer than ``whole_up_to_s`` are not decoded (samples is None): stream them with :func:`iter_windows`.
+    Raises AudioError naming the file on any problem.
+    """
+    p, f = _open(path)
+    with f:
+        info = _info(p, f)
+        _check_duration(info, max_duration_s)
+        if whole_up_to_s is not None and info.duration_s > whole_up_to_s:
+            return None, info
+        try:
+            data = f.read(dtype="float32", always_2d=False)
+        except Exception as exc:
+            raise AudioError(path, f"cannot decode (corrupt or truncated audio): {_short(exc)}") from None
+    mono = to_mono(np.asarray(data))
+    if mono.size == 0:
+        raise AudioError(path, "contains no audio samples")
+    _check_finite(path, mono)
+    return resample(mono, info.sample_rate, sample_rate or info.sample_rate), info
+
+
 def load_audio(
     path: str | os.PathLike,
     sample_rate: int | None = None,
@@ -94,18 +134,8 @@ def load_audio(
 
     Returns ``(samples, sample_rate)``. Raises AudioError naming the file on any problem.
     """
-    info = audio_info(path)
-    _check_duration(info, max_duration_s)
-    try:
-        data, sr = sf.read(info.path, dtype="float32", always_2d=False)
-    except Exception as exc:
-        raise AudioError(path, f"cannot decode (corrupt or truncated audio): {_short(exc)}") from None
-    mono = to_mono(np.asarray(data))
-    if mono.size == 0:
-        raise AudioError(path, "contains no audio samples")
-    _check_finite(path, mono)
-    target = sample_rate or sr
-    return resample(mono, sr, target), target
+    samples, info = read_audio(path, sample_rate, max_duration_s=max_duration_s)
+    return samples, sample_rate or info.sample_rate
 
 
 def iter_windows(

@@ -29,7 +29,7 @@ from embedtag.errors import AudioError, DataError, EmbedtagError
 POOLINGS = ("mean", "max", "meanmax")
 DEFAULT_WINDOW_S = 10.0
 #: clips with more windows than this are streamed instead of decoded whole
-STREAM_THRESHOLD_WINDOWS = 12
+STREAM_THRESHOLD_WINDOWS = 6
 #: sidecar files of dataset folders that are not audio and not worth an error row
 _SIDECARS = {"labels.csv", "meta.csv", "source.txt", "readme.md", "license", "manifest.json"}
 
@@ -171,11 +171,9 @@ def _decode(src: ClipSource, target_sr: int, window_s: float, max_duration_s: fl
         d = _Decoded(src, _split(x, window), x.size / target_sr, src.sample_rate or target_sr, 1)
         _update_stats(d.stats, x)
         return d
-    info = A.audio_info(src.path)
-    if max_duration_s is not None and info.duration_s > max_duration_s:
-        A.load_audio(src.path, max_duration_s=max_duration_s)  # raises the uniform "too long" error
-    if info.duration_s <= STREAM_THRESHOLD_WINDOWS * window_s:
-        x, _ = A.load_audio(src.path, target_sr, max_duration_s=max_duration_s)
+    x, info = A.read_audio(src.path, target_sr, max_duration_s=max_duration_s,
+                           whole_up_to_s=STREAM_THRESHOLD_WINDOWS * window_s)
+    if x is not None:
         d = _Decoded(src, _split(x, window), info.duration_s, info.sample_rate, info.channels)
         _update_stats(d.stats, x)
         return d
@@ -256,7 +254,9 @@ def run(backbone, sources: Sequence[ClipSource], *, on_batch: Callable[[list[dic
         max_duration_s: float | None = A.DEFAULT_MAX_DURATION_S, on_progress: Callable[[int], None] | None = None) -> None:
     """Embed ``sources`` with ``backbone``; hand finished clips to ``on_batch`` once per model batch.
 
-    Decoding runs in ``workers`` threads, up to ``4 * workers`` clips ahead of the model.
+    Decoding runs in ``workers`` threads, up to two batches of clips ahead of the model, so that the next batch
+    is decoded while the model runs (memory: at most ``2 * batch_size`` clips of ``STREAM_THRESHOLD_WINDOWS``
+    windows; longer clips are streamed).
     """
     if pooling not in POOLINGS:
         raise EmbedtagError(f"unknown pooling {pooling!r}; use one of {', '.join(POOLINGS)}")
@@ -266,7 +266,10 @@ def run(backbone, sources: Sequence[ClipSource], *, on_batch: Callable[[list[dic
     window_s = float(window_s or DEFAULT_WINDOW_S)
     if window_s * backbone.sample_rate < 1:
         raise EmbedtagError(f"window_s={window_s} is too short")
-    workers = max(1, int(workers or min(4, os.cpu_count() or 1)))
+    workers = default_workers() if workers is None else int(workers)
+    if workers < 0:
+        raise EmbedtagError(f"workers must be >= 0, got {workers}")
+    prefetch = max(4 * workers, 2 * batch_size)
     sr, min_n = backbone.sample_rate, backbone.min_samples
 
     windows: list[np.ndarray] = []
@@ -288,12 +291,13 @@ def run(backbone, sources: Sequence[ClipSource], *, on_batch: Callable[[list[dic
             waiting[:] = [a for a in waiting if a not in done]
 
     streaming: list[_Acc | None] = [None]  # the clip whose windows are still being read
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="embedtag-decode") as pool:
+    with (ThreadPoolExecutor(max_workers=workers, thread_name_prefix="embedtag-decode") if workers
+          else _InlineExecutor()) as pool:
         ahead: list[tuple[ClipSource, Future]] = []
         it = iter(sources)
 
         def refill() -> None:
-            while len(ahead) < 4 * workers:
+            while len(ahead) < prefetch:
                 try:
                     s = next(it)
                 except StopIteration:
@@ -347,6 +351,30 @@ def run(backbone, sources: Sequence[ClipSource], *, on_batch: Callable[[list[dic
             for _, f in ahead:
                 f.cancel()
             raise
+
+
+class _InlineExecutor:
+    """``workers=0``: decode in the calling thread (no overlap, no thread contention)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def submit(self, fn, *args) -> Future:
+        fut: Future = Future()
+        try:
+            fut.set_result(fn(*args))
+        except BaseException as exc:  # delivered through .result(), like a thread pool's future
+            fut.set_exception(exc)
+        return fut
+
+
+def default_workers() -> int:
+    """Decoding threads: one core is left to the model. On 2 cores one thread is fastest (measured: more threads
+    only add GIL contention, and the model's own threads need the other core)."""
+    return max(1, min(4, (os.cpu_count() or 2) - 1))
 
 
 # ----------------------------------------------------------------------------------------------- API
