@@ -8,6 +8,8 @@ from contextlib import nullcontext
 
 import numpy as np
 
+from embedtag.embeddings.backbones.base import Backbone, BackboneOutput
+
 
 def same_length_batches(waves: Sequence[np.ndarray], batch_size: int) -> Iterator[list[int]]:
     """Indices grouped by exact length, at most ``batch_size`` each.
@@ -41,3 +43,33 @@ def autocast(device: str, enabled: bool = True):
     if enabled and device.startswith("cuda"):
         return torch.autocast("cuda", dtype=torch.float16)
     return nullcontext()
+
+
+class TorchBackbone(Backbone):
+    """A PyTorch backbone: subclasses set ``mixed_precision`` and implement ``_forward(x)`` returning
+    (clip embeddings, class probabilities, frame embeddings) for a (batch, samples) tensor."""
+
+    mixed_precision: bool = True
+
+    def _forward(self, x):
+        raise NotImplementedError
+
+    def embed(self, waves: Sequence[np.ndarray], *, return_frames: bool = False,
+              batch_size: int | None = None) -> BackboneOutput:
+        import torch
+
+        waves = [np.pad(np.asarray(w, np.float32), (0, max(0, self.min_samples - len(w)))) for w in waves]
+        emb = np.zeros((len(waves), self.embedding_dim), np.float32)
+        scores = np.zeros((len(waves), len(self.class_names)), np.float32)
+        frames: list = [None] * len(waves)
+        with torch.inference_mode(), autocast(self.device, self.mixed_precision):
+            for idx in same_length_batches(waves, batch_size or self.default_batch_size):
+                x = to_device(np.stack([waves[i] for i in idx]), self.device)
+                clip, prob, fr = self._forward(x)
+                emb[idx] = clip.float().cpu().numpy()
+                scores[idx] = prob.float().cpu().numpy()
+                if return_frames:
+                    fr = fr.float().cpu().numpy()
+                    for j, i in enumerate(idx):
+                        frames[i] = fr[j]
+        return BackboneOutput(emb, scores, frames if return_frames else None)

@@ -15,16 +15,14 @@ The clip embedding is the 384-d global average of the last feature map (what Eff
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from embedtag.embeddings.backbones._torch_util import autocast, same_length_batches, to_device
-from embedtag.embeddings.backbones.base import Backbone, BackboneOutput, resolve_device
+from embedtag.embeddings.backbones._torch_util import TorchBackbone
+from embedtag.embeddings.backbones.base import resolve_device
 from embedtag.embeddings.registry import audioset_labels
 from embedtag.embeddings.weights import resolve
 from embedtag.errors import WeightsError
@@ -232,7 +230,7 @@ def load_mn_state(path) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ backbone
-class EfficientATBackbone(Backbone):
+class EfficientATBackbone(TorchBackbone):
     family = "efficientat"
     sample_rate = 32000
     embedding_dim = 384
@@ -269,22 +267,4 @@ class EfficientATBackbone(Backbone):
         logits = self.model.classifier(fmap)
         frames = fmap.mean(dim=2).transpose(1, 2)  # (batch, time', 384): average over frequency only
         return fmap.mean(dim=(2, 3)), torch.sigmoid(logits), frames
-
-    def embed(self, waves: Sequence[np.ndarray], *, return_frames: bool = False,
-              batch_size: int | None = None) -> BackboneOutput:
-        waves = [np.pad(np.asarray(w, np.float32), (0, max(0, self.min_samples - len(w)))) for w in waves]
-        emb = np.zeros((len(waves), self.embedding_dim), np.float32)
-        scores = np.zeros((len(waves), len(self.class_names)), np.float32)
-        frames: list = [None] * len(waves)
-        with torch.inference_mode(), autocast(self.device, self.mixed_precision):
-            for idx in same_length_batches(waves, batch_size or self.default_batch_size):
-                x = to_device(np.stack([waves[i] for i in idx]), self.device)
-                clip, prob, fr = self._forward(x)
-                emb[idx] = clip.float().cpu().numpy()
-                scores[idx] = prob.float().cpu().numpy()
-                if return_frames:
-                    fr = fr.float().cpu().numpy()
-                    for j, i in enumerate(idx):
-                        frames[i] = fr[j]
-        return BackboneOutput(emb, scores, frames if return_frames else None)
 

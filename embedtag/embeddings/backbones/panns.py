@@ -12,12 +12,10 @@ import importlib
 import importlib.util
 import sys
 import types
-from collections.abc import Sequence
 
-import numpy as np
 
-from embedtag.embeddings.backbones._torch_util import autocast, same_length_batches, to_device
-from embedtag.embeddings.backbones.base import Backbone, BackboneOutput, resolve_device
+from embedtag.embeddings.backbones._torch_util import TorchBackbone
+from embedtag.embeddings.backbones.base import resolve_device
 from embedtag.embeddings.registry import audioset_labels
 from embedtag.embeddings.weights import resolve
 from embedtag.errors import WeightsError
@@ -62,7 +60,7 @@ def load_checkpoint_state(path) -> dict:
     return state
 
 
-class PannsBackbone(Backbone):
+class PannsBackbone(TorchBackbone):
     family = "panns"
     sample_rate = 32000
     embedding_dim = 2048
@@ -112,23 +110,3 @@ class PannsBackbone(Backbone):
             clip = torch.max(frames, dim=1)[0]
             scores = torch.max(torch.sigmoid(m.fc_audioset(frames)), dim=1)[0]
         return clip, scores, frames
-
-    def embed(self, waves: Sequence[np.ndarray], *, return_frames: bool = False,
-              batch_size: int | None = None) -> BackboneOutput:
-        import torch
-
-        waves = [np.pad(w, (0, max(0, self.min_samples - w.shape[0]))).astype(np.float32, copy=False) for w in waves]
-        emb = np.zeros((len(waves), self.embedding_dim), np.float32)
-        scores = np.zeros((len(waves), len(self.class_names)), np.float32)
-        frames: list = [None] * len(waves)
-        with torch.inference_mode(), autocast(self.device, self.mixed_precision):
-            for idx in same_length_batches(waves, batch_size or self.default_batch_size):
-                x = to_device(np.stack([waves[i] for i in idx]), self.device)
-                clip, prob, fr = self._forward(x)
-                emb[idx] = clip.float().cpu().numpy()
-                scores[idx] = prob.float().cpu().numpy()
-                if return_frames:
-                    fr = fr.float().cpu().numpy()
-                    for j, i in enumerate(idx):
-                        frames[i] = fr[j]
-        return BackboneOutput(emb, scores, frames if return_frames else None)
