@@ -75,3 +75,16 @@ def real_store(tmp_path_factory):
         return open_store(_STORES[key])
 
     return make
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    """Run ``embedtag ARGV...`` in-process through the real entry point: (exit code, stdout, stderr)."""
+    from embedtag.cli import main
+
+    try:
+        main(list(map(str, argv)))
+        code = 0
+    except SystemExit as exc:
+        code = exc.code or 0
+    out, err = capsys.readouterr()
+    return code, out, err

@@ -9,22 +9,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import DATA, require
-from embedtag.cli import main
+from conftest import DATA, require, run_cli
 from embedtag.errors import DataError
 from embedtag.profile import clip_levels, profile_dataset
 
 GOLDLAB = "goldlab_oddball_novel_sounds"
-
-
-def run(capsys, *argv) -> tuple[int, str, str]:
-    try:
-        main(list(map(str, argv)))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture
@@ -119,17 +108,17 @@ def test_fsdkaggle2019_metadata_per_subset_without_audio(shared_data):
 
 def test_cli_profile_json_and_table(flawed_dataset, capsys):
     root, _ = flawed_dataset
-    code, out, _ = run(capsys, "profile", root, "--json")
+    code, out, _ = run_cli(capsys, "profile", root, "--json")
     assert code == 0
     d = json.loads(out)
     assert d["flag_counts"] == {"missing": 1, "unreadable": 1, "silent": 1, "clipped": 1, "too_short": 1}
     assert d == json.loads(json.dumps(profile_dataset(root).as_dict()))  # the CLI prints what the API returns
-    code, out, _ = run(capsys, "profile", root)
+    code, out, _ = run_cli(capsys, "profile", root)
     assert code == 0 and "silent.wav" in out and "clipped.wav" in out and "duration histogram" in out
 
 
 def test_bad_input_is_one_line_error(tmp_path, capsys):
-    code, _, err = run(capsys, "profile", tmp_path / "nope")
+    code, _, err = run_cli(capsys, "profile", tmp_path / "nope")
     assert code == 1 and "nope" in err and "Traceback" not in err
     with pytest.raises(DataError, match="clip_level"):
         profile_dataset(tmp_path, clip_level=1.5)

@@ -12,8 +12,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from conftest import DATA, IN_CI, require
-from embedtag.cli import main
+from conftest import DATA, IN_CI, require, run_cli
 from embedtag.report import REFERENCES, not_run, rank_among_references, write_report
 
 GOLDLAB = "goldlab_oddball_novel_sounds"
@@ -21,16 +20,6 @@ SECTIONS = ["Summary", "References", "Dataset profile", "Heads and noisy-label s
             "Most-confused label pairs", "Retrieval", "Fine-tuning", "Throughput and memory", "Provenance"]
 PLOTS = {"duration_histogram.png", "lwlrap_by_strategy.png", "per_class_lwlrap.png", "confused_pairs.png",
          "retrieval_precision_at_k.png", "throughput_memory.png"}
-
-
-def run(capsys, *argv) -> tuple[int, str, str]:
-    try:
-        main(list(map(str, argv)))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def goldlab_rows():
@@ -137,14 +126,14 @@ def test_benchmark_known_dataset_missing_then_present(tmp_path, capsys, monkeypa
     the report, opened in headless Chromium, shows every section and plot."""
     monkeypatch.setenv("EMBEDTAG_DATA", str(tmp_path / "data"))
     argv = ["benchmark", "esc50", "--out", tmp_path / "report", "--heads", "logreg,mlp", "-q"]
-    code, _, err = run(capsys, *argv)
+    code, _, err = run_cli(capsys, *argv)
     assert code == 1
     msg = " ".join(err.split())
     assert "github.com/karolpiczak/ESC-50" in msg and str(tmp_path / "data" / "esc50") in msg
     assert "meta/esc50.csv" in msg and "Traceback" not in err
 
     make_esc50_layout(tmp_path / "data" / "esc50")
-    code, out, err = run(capsys, *argv)
+    code, out, err = run_cli(capsys, *argv)
     assert code == 0, err
     rep = tmp_path / "report"
     assert PLOTS <= {p.name for p in rep.glob("*.png")}
@@ -166,7 +155,7 @@ def test_benchmark_known_dataset_missing_then_present(tmp_path, capsys, monkeypa
     assert not re.search(r'src="https?:', page) and "<link" not in page  # no external resources
 
     # a second benchmark of another backbone into the same folder is refused before it overwrites anything
-    code, _, err = run(capsys, "benchmark", "esc50", "--out", rep, "--backbone", "efficientat-mn04", "-q")
+    code, _, err = run_cli(capsys, "benchmark", "esc50", "--out", rep, "--backbone", "efficientat-mn04", "-q")
     assert code == 1 and "holds a benchmark of yamnet" in err and (rep / "report.md").read_text() == md
 
     probe, shot = open_in_chromium(rep / "report.html", tmp_path)
@@ -207,7 +196,7 @@ def test_benchmark_fsdkaggle2019_layout_every_strategy_and_test_set(tmp_path, ca
     each noisy-label strategy, noisy clips only train, test clips are only scored after training, and the result is
     ranked among the FSDKaggle2019 references with the warning that pretrained models were not allowed."""
     n_cur, n_noisy, n_test = make_fsdkaggle2019_layout(tmp_path / "fsd")
-    code, _, err = run(capsys, "benchmark", tmp_path / "fsd", "--out", tmp_path / "rep", "--backbone",
+    code, _, err = run_cli(capsys, "benchmark", tmp_path / "fsd", "--out", tmp_path / "rep", "--backbone",
                        "efficientat-mn04", "--heads", "logreg", "--folds", "3", "-q", "--no-levels")
     assert code == 0, err
     r = json.loads((tmp_path / "rep" / "results.json").read_text())

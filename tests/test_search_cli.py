@@ -7,29 +7,20 @@ import json
 import numpy as np
 import pytest
 
-from embedtag.cli import main
+from conftest import run_cli
+
 from embedtag.search import SimilarityIndex, build_index
 from test_search import make_store
 
 KEYS = {"rank", "score", "clip_id", "path", "labels"}
 
 
-def run(capsys, *argv) -> tuple[int, str, str]:
-    try:
-        main(list(map(str, argv)))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def test_build_search_json_add_evaluate(tmp_path, capsys):
     store = make_store(tmp_path / "s", n=80, dim=16)
-    code, out, _ = run(capsys, "index", "build", tmp_path / "s", "--out", tmp_path / "ix", "--preprocess", "center",
+    code, out, _ = run_cli(capsys, "index", "build", tmp_path / "s", "--out", tmp_path / "ix", "--preprocess", "center",
                        "-q")
     assert code == 0 and "indexed 80 yamnet clips" in out and "kind=flat" in out
-    code, out, _ = run(capsys, "search", tmp_path / "ix", "c00001", "c00002", "-k", "4", "--format", "json")
+    code, out, _ = run_cli(capsys, "search", tmp_path / "ix", "c00001", "c00002", "-k", "4", "--format", "json")
     assert code == 0
     res = json.loads(out)
     assert len(res) == 2 and all(len(r) == 4 for r in res)
@@ -41,39 +32,39 @@ def test_build_search_json_add_evaluate(tmp_path, capsys):
     assert res == json.loads(json.dumps(api))
     assert api == build_index(store, preprocess="center").query(["c00001", "c00002"], 4)
 
-    code, out, _ = run(capsys, "search", tmp_path / "ix", "c00001", "-k", "3")
+    code, out, _ = run_cli(capsys, "search", tmp_path / "ix", "c00001", "-k", "3")
     assert code == 0 and "nearest to c00001" in out and "clip id" in out
 
     make_store(tmp_path / "s", n=20, dim=16, seed=3, start=80)
-    code, out, _ = run(capsys, "index", "add", tmp_path / "ix", tmp_path / "s", "-q")
+    code, out, _ = run_cli(capsys, "index", "add", tmp_path / "ix", tmp_path / "s", "-q")
     assert code == 0 and "added 20 clips" in out and "now 100" in out
     assert len(SimilarityIndex.load(tmp_path / "ix")) == 100
 
     labels = tmp_path / "labels.csv"
     labels.write_text("fname,labels\n" + "".join(f"c{i:05d},{'odd' if i % 2 else 'even'}\n" for i in range(100)))
-    code, out, _ = run(capsys, "index", "evaluate", tmp_path / "ix", "--labels", labels, "-k", "5", "--json")
+    code, out, _ = run_cli(capsys, "index", "evaluate", tmp_path / "ix", "--labels", labels, "-k", "5", "--json")
     ev = json.loads(out)
     assert code == 0 and ev["n_queries"] == 100 and ev["k"] == 5
     assert ev["chance_precision"] == pytest.approx(49 / 99)
-    code, out, _ = run(capsys, "index", "evaluate", tmp_path / "ix")
+    code, out, _ = run_cli(capsys, "index", "evaluate", tmp_path / "ix")
     assert code == 0 and "precision@5" in out and "mAP@5" in out
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
     make_store(tmp_path / "s", n=30, dim=8)
     make_store(tmp_path / "other", n=10, dim=8, backbone="panns-cnn14")
-    run(capsys, "index", "build", tmp_path / "s", "--out", tmp_path / "ix", "-q")
-    code, _, err = run(capsys, "search", tmp_path / "ix", "nope", "-k", "2")
+    run_cli(capsys, "index", "build", tmp_path / "s", "--out", tmp_path / "ix", "-q")
+    code, _, err = run_cli(capsys, "search", tmp_path / "ix", "nope", "-k", "2")
     assert code == 1 and "nope: neither a clip id" in err and "Traceback" not in err
-    code, _, err = run(capsys, "index", "add", tmp_path / "ix", tmp_path / "other")
+    code, _, err = run_cli(capsys, "index", "add", tmp_path / "ix", tmp_path / "other")
     assert code == 1 and "backbone: index has 'yamnet', store has 'panns-cnn14'" in err
-    code, _, err = run(capsys, "search", tmp_path / "s", "c00001")
+    code, _, err = run_cli(capsys, "search", tmp_path / "s", "c00001")
     assert code == 1 and "not a similarity index" in err
     # --out over an existing store is refused rather than overwriting its manifest
-    code, _, err = run(capsys, "index", "build", tmp_path / "s", "--out", tmp_path / "other", "-q")
+    code, _, err = run_cli(capsys, "index", "build", tmp_path / "s", "--out", tmp_path / "other", "-q")
     assert code == 1 and "not a similarity index" in err
     assert json.loads((tmp_path / "other" / "manifest.json").read_text())["backbone"] == "panns-cnn14"
-    code, _, err = run(capsys, "index", "build", tmp_path / "s", "--out", tmp_path / "x", "--kind", "annoy")
+    code, _, err = run_cli(capsys, "index", "build", tmp_path / "s", "--out", tmp_path / "x", "--kind", "annoy")
     assert code == 2 and "annoy" in err and not (tmp_path / "x").exists()
 
 
@@ -82,7 +73,7 @@ def test_cli_search_with_real_audio_file(real_store, tmp_path, capsys):
     build_index(office, preprocess="center").save(tmp_path / "ix")
     path = office.to_pandas(["path"])["path"][5]
     clip = office.clip_ids[5]
-    code, out, _ = run(capsys, "search", tmp_path / "ix", path, clip, "-k", "5", "--format", "json")
+    code, out, _ = run_cli(capsys, "search", tmp_path / "ix", path, clip, "-k", "5", "--format", "json")
     assert code == 0
     by_file, by_id = json.loads(out)
     assert by_file[0]["clip_id"] == clip and by_file[0]["score"] == pytest.approx(1.0, abs=1e-4)
