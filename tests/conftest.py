@@ -88,3 +88,14 @@ def run_cli(capsys, *argv) -> tuple[int, str, str]:
         code = exc.code or 0
     out, err = capsys.readouterr()
     return code, out, err
+
+
+@pytest.fixture()
+def one_torch_thread():
+    """One torch thread for the test: OpenMP threads crawl on a busy 2-core CPU, and results do not depend on it."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -15,13 +15,7 @@ CKPT = "efficientat/mn04_as_mAP_432.pt"
 OFFICE = "dcase2016_task2_office/audio"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: OpenMP threads on a busy shared CPU crawl (and the results do not depend on it)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -23,15 +23,7 @@ CLASSES = ("knock", "phone", "speech")
 TINY = dict(batch_size=4, crop_s=1.0, tta_crops=1, patience=0, noisy_loss="lsoft", threads=1)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Prediction outside finetune(): one torch thread (OpenMP threads on a busy shared CPU crawl)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from contextlib import nullcontext
 import numpy as np
 
 from embedtag.embeddings.backbones.base import Backbone, BackboneOutput
+from embedtag.errors import WeightsError
 
 
 def same_length_batches(waves: Sequence[np.ndarray], batch_size: int) -> Iterator[list[int]]:
@@ -43,6 +44,20 @@ def autocast(device: str, enabled: bool = True):
     if enabled and device.startswith("cuda"):
         return torch.autocast("cuda", dtype=torch.float16)
     return nullcontext()
+
+
+def load_checkpoint_state(path) -> dict:
+    """State dict of a checkpoint saved as ``{"model": state_dict, ...}`` (PANNs) or as a bare one (EfficientAT)."""
+    import torch
+
+    try:
+        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise WeightsError(f"{path}: not a loadable PyTorch checkpoint ({str(exc).splitlines()[0][:160]})") from None
+    state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict):
+        raise WeightsError(f"{path}: expected a state dict or {{'model': state_dict}}, got {type(ckpt).__name__}")
+    return state
 
 
 class TorchBackbone(Backbone):

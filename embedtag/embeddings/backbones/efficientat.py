@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from embedtag.embeddings.backbones._torch_util import TorchBackbone
+from embedtag.embeddings.backbones._torch_util import TorchBackbone, load_checkpoint_state
 from embedtag.embeddings.backbones.base import resolve_device
 from embedtag.embeddings.registry import audioset_labels
 from embedtag.embeddings.weights import resolve
@@ -216,17 +216,8 @@ def mn_model(width_mult: float = 0.4, num_classes: int = 527) -> MobileNetV3AT:
     return MobileNetV3AT(width_mult=width_mult, num_classes=num_classes)
 
 
-def load_mn_state(path) -> dict:
-    """The plain state dict of an EfficientAT checkpoint (loaded with ``weights_only=True``)."""
-    try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise WeightsError(f"{path}: not a loadable PyTorch checkpoint ({str(exc).splitlines()[0][:160]})") from None
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
-    if not isinstance(state, dict):
-        raise WeightsError(f"{path}: expected a state dict, got {type(state).__name__}")
-    return state
+#: EfficientAT releases bare state dicts; the shared loader accepts those (weights_only=True)
+load_mn_state = load_checkpoint_state
 
 
 # ------------------------------------------------------------------------------------------------ backbone

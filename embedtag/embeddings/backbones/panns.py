@@ -14,7 +14,7 @@ import sys
 import types
 
 
-from embedtag.embeddings.backbones._torch_util import TorchBackbone
+from embedtag.embeddings.backbones._torch_util import TorchBackbone, load_checkpoint_state
 from embedtag.embeddings.backbones.base import resolve_device
 from embedtag.embeddings.registry import audioset_labels
 from embedtag.embeddings.weights import resolve
@@ -44,20 +44,6 @@ def import_panns_models() -> types.ModuleType:
     finally:
         if not had_parent:
             sys.modules.pop("panns_inference", None)
-
-
-def load_checkpoint_state(path) -> dict:
-    """State dict of an official PANNs checkpoint (``{"model": state_dict, ...}``) or of a bare state dict."""
-    import torch
-
-    try:
-        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise WeightsError(f"{path}: not a loadable PyTorch checkpoint ({str(exc).splitlines()[0][:160]})") from None
-    state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict):
-        raise WeightsError(f"{path}: expected a state dict or {{'model': state_dict}}, got {type(ckpt).__name__}")
-    return state
 
 
 class PannsBackbone(TorchBackbone):
