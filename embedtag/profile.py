@@ -103,26 +103,21 @@ def clip_levels(path: str | os.PathLike, clip_level: float = DEFAULT_CLIP_LEVEL)
     Raises :class:`~embedtag.errors.AudioError` naming the file when it cannot be decoded."""
     import soundfile as sf
 
+    from embedtag.embeddings.audio import LevelMeter
     from embedtag.errors import AudioError
 
-    peak, sum_sq, n, n_clipped = 0.0, 0.0, 0, 0
+    meter, n_clipped = LevelMeter(), 0
     try:
         for block in sf.blocks(str(path), blocksize=_BLOCK_FRAMES, dtype="float32", always_2d=True):
-            if block.size == 0:
-                continue
-            a = np.abs(block)
-            peak = max(peak, float(a.max()))
-            sum_sq += float(np.square(block, dtype=np.float64).sum())
-            n += block.size
-            n_clipped += int((a >= clip_level).sum())
+            meter.update(block)
+            n_clipped += int((np.abs(block) >= clip_level).sum())
     except Exception as exc:
         raise AudioError(path, f"cannot decode (corrupt or truncated audio): {str(exc).strip()[:200]}") from None
-    if n == 0:
+    if meter.n == 0:
         raise AudioError(path, "contains no audio samples")
-    if not math.isfinite(sum_sq):
+    if not math.isfinite(meter.sum_sq):
         raise AudioError(path, "contains NaN or infinite samples")
-    rms = math.sqrt(sum_sq / n)
-    return peak, (20.0 * math.log10(rms) if rms > 0 else float("-inf")), n_clipped / n
+    return meter.peak, meter.rms_dbfs, n_clipped / meter.n
 
 
 def _unlabelled_folder(root: Path):

@@ -195,13 +195,32 @@ def pad_to(samples: np.ndarray, n_samples: int) -> np.ndarray:
     return np.pad(samples, (0, n_samples - samples.size))
 
 
+class LevelMeter:
+    """Running peak and RMS level of samples seen block by block (any shape; every sample counts)."""
+
+    __slots__ = ("peak", "sum_sq", "n")
+
+    def __init__(self) -> None:
+        self.peak, self.sum_sq, self.n = 0.0, 0.0, 0
+
+    def update(self, samples: np.ndarray) -> None:
+        if samples.size:
+            self.peak = max(self.peak, float(np.max(np.abs(samples))))
+            self.sum_sq += float(np.square(samples, dtype=np.float64).sum())
+            self.n += samples.size
+
+    @property
+    def rms_dbfs(self) -> float:
+        """RMS level in dBFS (-inf for digital silence or nothing seen)."""
+        rms = math.sqrt(self.sum_sq / self.n) if self.n else 0.0
+        return 20.0 * math.log10(rms) if rms > 0 else float("-inf")
+
+
 def peak_and_rms_dbfs(samples: np.ndarray) -> tuple[float, float]:
     """Peak absolute amplitude and RMS level in dBFS (-inf for digital silence)."""
-    if samples.size == 0:
-        return 0.0, float("-inf")
-    peak = float(np.max(np.abs(samples)))
-    rms = float(np.sqrt(np.mean(np.square(samples, dtype=np.float64))))
-    return peak, (20.0 * math.log10(rms) if rms > 0 else float("-inf"))
+    meter = LevelMeter()
+    meter.update(samples)
+    return meter.peak, meter.rms_dbfs
 
 
 def _check_duration(info: AudioInfo, max_duration_s: float | None) -> None:

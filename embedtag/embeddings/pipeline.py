@@ -159,7 +159,7 @@ class _Decoded:
     duration_s: float
     sample_rate: int
     channels: int
-    stats: list = field(default_factory=lambda: [0.0, 0.0, 0])  # peak, sum of squares, n (filled as decoded)
+    levels: A.LevelMeter = field(default_factory=A.LevelMeter)  # filled as the windows are decoded
 
 
 def _decode(src: ClipSource, target_sr: int, window_s: float, max_duration_s: float | None) -> _Decoded:
@@ -169,16 +169,16 @@ def _decode(src: ClipSource, target_sr: int, window_s: float, max_duration_s: fl
         if x.size == 0:
             raise AudioError(src.clip_id, "contains no audio samples")
         d = _Decoded(src, _split(x, window), x.size / target_sr, src.sample_rate or target_sr, 1)
-        _update_stats(d.stats, x)
+        d.levels.update(x)
         return d
     x, info = A.read_audio(src.path, target_sr, max_duration_s=max_duration_s,
                            whole_up_to_s=STREAM_THRESHOLD_WINDOWS * window_s)
     if x is not None:
         d = _Decoded(src, _split(x, window), info.duration_s, info.sample_rate, info.channels)
-        _update_stats(d.stats, x)
+        d.levels.update(x)
         return d
     d = _Decoded(src, [], info.duration_s, info.sample_rate, info.channels)
-    d.windows = _tracked(A.iter_windows(src.path, target_sr, window_s, max_duration_s=max_duration_s), d.stats)
+    d.windows = _tracked(A.iter_windows(src.path, target_sr, window_s, max_duration_s=max_duration_s), d.levels)
     return d
 
 
@@ -186,16 +186,9 @@ def _split(x: np.ndarray, window: int) -> list[np.ndarray]:
     return [x[i:i + window] for i in range(0, x.size, window)] or [x]
 
 
-def _update_stats(stats: list, x: np.ndarray) -> None:
-    if x.size:
-        stats[0] = max(stats[0], float(np.max(np.abs(x))))
-        stats[1] += float(np.dot(x.astype(np.float64), x))
-        stats[2] += x.size
-
-
-def _tracked(windows: Iterator[np.ndarray], stats: list) -> Iterator[np.ndarray]:
+def _tracked(windows: Iterator[np.ndarray], levels: A.LevelMeter) -> Iterator[np.ndarray]:
     for w in windows:
-        _update_stats(stats, w)
+        levels.update(w)
         yield w
 
 
@@ -240,11 +233,9 @@ class _Acc:
 def _record(acc: _Acc, pooling: str) -> dict:
     d = acc.decoded
     emb, scores = acc.result(pooling)
-    peak, sumsq, n = d.stats
-    rms = np.sqrt(sumsq / n) if n else 0.0
     return {"clip_id": d.source.clip_id, "path": d.source.path, "duration_s": d.duration_s,
-            "sample_rate": d.sample_rate, "channels": d.channels, "n_windows": acc.n, "peak": peak,
-            "rms_dbfs": 20 * np.log10(rms) if rms > 0 else float("-inf"), "embedding": emb,
+            "sample_rate": d.sample_rate, "channels": d.channels, "n_windows": acc.n, "peak": d.levels.peak,
+            "rms_dbfs": d.levels.rms_dbfs, "embedding": emb,
             "audioset_scores": scores, "labels": d.source.labels}
 
 
