@@ -333,10 +333,6 @@ def run(backbone, sources: Sequence[ClipSource], *, on_batch: Callable[[list[dic
                         on_progress(1)
                     continue
                 streaming[0] = None
-                if acc.n == 0 and acc.open == 0:  # nothing decoded at all
-                    waiting.remove(acc)
-                    on_error(src, AudioError(src.path, "contains no audio samples"))
-                    continue
             flush()
         except BaseException:
             for _, f in ahead:
