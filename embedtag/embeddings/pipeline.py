@@ -262,6 +262,8 @@ def run(backbone, sources: Sequence[ClipSource], *, on_batch: Callable[[list[dic
         raise EmbedtagError(f"workers must be >= 0, got {workers}")
     prefetch = max(4 * workers, 2 * batch_size)
     sr, min_n = backbone.sample_rate, backbone.min_samples
+    if len(sources) > batch_size:  # a small job would pay more for the warm-up than it saves
+        backbone.warmup()
 
     windows: list[np.ndarray] = []
     owners: list[tuple[_Acc, float]] = []

@@ -48,6 +48,13 @@ class Backbone(ABC):
     def embed(self, waves: Sequence[np.ndarray], *, return_frames: bool = False) -> BackboneOutput:
         """Embed each waveform (mono float32 at ``self.sample_rate``)."""
 
+    def warmup(self) -> None:
+        """Pay one-off first-call costs (allocator growth, kernel selection) before timing-relevant work.
+
+        The pipeline calls this once per instance before a job of more than one batch. The default does nothing;
+        a backbone whose first large calls are measurably slow overrides it.
+        """
+
     @property
     def weights_sha256(self) -> str | None:
         from embedtag.embeddings.weights import fingerprint

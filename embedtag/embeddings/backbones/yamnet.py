@@ -89,6 +89,13 @@ class _YamnetBase(Backbone):
         """One model call on a 1-D waveform -> (patch scores (P, 521), patch embeddings (P, 1024))."""
         raise NotImplementedError
 
+    def warmup(self) -> None:
+        # One call of the largest packed size: on CPU the first ~two minutes of packed calls otherwise run ~20%
+        # slower (TensorFlow growing its buffers), which was most of the gap between extract and model-only.
+        if not getattr(self, "_warm", False):
+            self._run(np.zeros(MAX_PACKED_SAMPLES, np.float32))
+            self._warm = True
+
     def embed(self, waves: Sequence[np.ndarray], *, return_frames: bool = False) -> BackboneOutput:
         waves = [np.asarray(w, np.float32) for w in waves]
         emb = np.zeros((len(waves), self.embedding_dim), np.float32)
