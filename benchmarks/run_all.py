@@ -12,6 +12,10 @@
 ../shared/data with each backbone of ``--backbones``, keeps the full reports under ``--reports-dir`` and the summary
 rows in results/benchmark_reports.json.
 
+Provenance: a run stamps every results JSON it (re)writes with ``"run": {"id", "commit", "script_elapsed_s"}`` and
+records the run (start, end, commit, each script's status and time) in ``results/_runs.json``. The README header
+says whether all tables come from one run, and ``--check`` fails when they do not (or when the README is stale).
+
 Each script runs in its own process (``python -m benchmarks.<name>``), so one failing or running out of memory
 does not stop the others; the summary says which failed. The README tables are rendered from the JSON files alone
 (:func:`render_readme`), so the README always matches the results; a script may define
@@ -79,6 +83,112 @@ def run_script(name: str, args: list[str], timeout_s: float | None = None) -> di
     except subprocess.TimeoutExpired:
         rc = "timeout"
     return {"script": name, "args": args, "rc": rc, "elapsed_s": round(time.perf_counter() - start, 1)}
+
+
+# ------------------------------------------------------------------------------------------------ provenance
+RUNS = "_runs.json"  # the run log; a leading underscore keeps it out of the result sections
+
+
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def new_run() -> dict:
+    """A run record: id (UTC start time), the commit measured ("-dirty" when the tree had local changes)."""
+    commit = _git("rev-parse", "--short=12", "HEAD") or "unknown"
+    if _git("status", "--porcelain", "--untracked-files=no"):
+        commit += "-dirty"
+    now = time.gmtime()
+    return {"id": time.strftime("%Y%m%dT%H%M%SZ", now), "commit": commit,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", now), "finished": None, "scripts": {}}
+
+
+def stamp(run: dict, status: dict, started_at: float, results_dir: Path = RESULTS) -> None:
+    """Record one script's status in ``run``; if it succeeded and (re)wrote its JSON during the run, stamp the
+    JSON with the run's id so the README can tell which run every table comes from."""
+    name = status["script"]
+    f = results_dir / f"{name}.json"
+    fresh = f.is_file() and f.stat().st_mtime >= started_at
+    entry = {"rc": status["rc"], "elapsed_s": status["elapsed_s"], "results": fresh}
+    run["scripts"][name] = entry
+    if status["rc"] != 0 or not fresh:
+        return
+    try:
+        result = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        entry["results"] = False
+        return
+    if isinstance(result, dict):
+        result["run"] = {"id": run["id"], "commit": run["commit"], "script_elapsed_s": status["elapsed_s"]}
+        f.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+
+
+def save_run(run: dict, results_dir: Path = RESULTS) -> None:
+    """Add ``run`` to the run log, keeping only runs that some result JSON still comes from."""
+    log = load_runs(results_dir)
+    log[run["id"]] = run
+    used = set(result_runs(results_dir).values()) | {run["id"]}
+    log = {k: v for k, v in log.items() if k in used}
+    results_dir.mkdir(parents=True, exist_ok=True)
+    (results_dir / RUNS).write_text(json.dumps(log, indent=2) + "\n", encoding="utf-8")
+
+
+def load_runs(results_dir: Path = RESULTS) -> dict:
+    try:
+        log = json.loads((results_dir / RUNS).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return log if isinstance(log, dict) else {}
+
+
+def result_files(results_dir: Path = RESULTS) -> list[Path]:
+    """The results JSON files (not the run log), in run order."""
+    files = [f for f in results_dir.glob("*.json") if not f.name.startswith("_")] if results_dir.is_dir() else []
+    order = {s: i for i, s in enumerate(SCRIPTS)}
+    return sorted(files, key=lambda f: (order.get(f.stem, len(order)), f.stem))
+
+
+def result_runs(results_dir: Path = RESULTS) -> dict[str, str | None]:
+    """Each results file's run id (None: not written by a ``run_all`` run)."""
+    out = {}
+    for f in result_files(results_dir):
+        try:
+            r = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            r = None
+        out[f.stem] = (r.get("run") or {}).get("id") if isinstance(r, dict) else None
+    return out
+
+
+def provenance(results_dir: Path = RESULTS) -> str:
+    """The README paragraph saying which run(s) the tables come from."""
+    ids = result_runs(results_dir)
+    if not ids:
+        return ""
+    log = load_runs(results_dir)
+    distinct = sorted({i for i in ids.values() if i})
+    unstamped = [n for n, i in ids.items() if not i]
+    if len(distinct) == 1 and not unstamped:
+        r = log.get(distinct[0], {"id": distinct[0]})
+        lines = [f"**All tables below come from one run**: `{r['id']}` of commit `{r.get('commit', '?')}`, "
+                 f"started {r.get('started', '?')}, finished {r.get('finished') or '?'}."]
+        scripts = r.get("scripts") or {}
+        if scripts:
+            lines += ["", "| script | status | time (s) |", "|---|---|---|"]
+            lines += [f"| {n} | {'ok' if e.get('rc') == 0 else 'failed (' + str(e.get('rc')) + ')'} | "
+                      f"{_fmt(e.get('elapsed_s'))} |" for n, e in scripts.items()]
+        return "\n".join(lines) + "\n"
+    parts = [f"`{n}`: run `{i}`" if i else f"`{n}`: no run stamp" for n, i in ids.items()]
+    return ("**The tables below do not all come from one run** (" + "; ".join(parts) + "); regenerate them "
+            "together with `make bench`.\n")
+
+
+def one_run(results_dir: Path = RESULTS) -> bool:
+    ids = list(result_runs(results_dir).values())
+    return bool(ids) and None not in ids and len(set(ids)) == 1
 
 
 # ------------------------------------------------------------------------------------------------ rendering
@@ -270,9 +380,7 @@ def render_section(name: str, result: dict) -> str:
 
 def render_readme(results_dir: Path = RESULTS) -> str:
     """The whole benchmarks/README.md from the JSON files in ``results_dir`` (sorted by the run order)."""
-    files = sorted(results_dir.glob("*.json")) if results_dir.is_dir() else []
-    order = {s: i for i, s in enumerate(SCRIPTS)}
-    files.sort(key=lambda f: (order.get(f.stem, len(order)), f.stem))
+    files = result_files(results_dir)
     head = ("# embedtag benchmarks\n\n"
             "Generated by `python -m benchmarks.run_all` (`make bench`) from the JSON in `benchmarks/results/`; do "
             "not edit by hand: re-render with `python -m benchmarks.run_all --readme-only`. Every number below is "
@@ -293,7 +401,8 @@ def render_readme(results_dir: Path = RESULTS) -> str:
     tail = ""
     if missing:
         tail = "\n## Not yet run\n\n" + "\n".join(f"- `{s}`: {_docline(s)}" for s in missing) + "\n"
-    return head + "\n" + "\n".join(sections) + tail
+    prov = provenance(results_dir)
+    return head + "\n" + (prov + "\n" if prov else "") + "\n".join(sections) + tail
 
 
 def write_readme(path: Path = README, results_dir: Path = RESULTS) -> Path:
@@ -393,8 +502,13 @@ def main(argv: list[str] | None = None) -> int:
         ok = README.is_file() and README.read_text(encoding="utf-8") == render_readme()
         print("benchmarks/README.md matches the JSON" if ok else
               "benchmarks/README.md is out of date: run python -m benchmarks.run_all --readme-only")
-        return 0 if ok else 1
+        single = one_run()
+        print("the results come from one run" if single else
+              "the results do not all come from one run: " +
+              ", ".join(f"{n}={i or 'unstamped'}" for n, i in result_runs().items()) + " (run make bench)")
+        return 0 if ok and single else 1
     runs = []
+    record = None if args.readme_only or args.quick else new_run()
     if not args.readme_only:
         only = [s for s in args.only.split(",") if s]
         unknown = [s for s in only if s not in names]
@@ -411,11 +525,18 @@ def main(argv: list[str] | None = None) -> int:
                 if extra is None:
                     print(f"skipped {name} (no quick mode that leaves the real results alone)")
                     continue
+            started_at = time.time() - 1  # file mtimes may be coarser than the clock
             if name == "benchmark_reports":
                 runs.append(run_reports(args.shared, args.reports_dir, [b for b in args.backbones.split(",") if b],
                                         args.heads, args.folds))
             else:
                 runs.append(run_script(name, extra, args.timeout_s))
+            if record is not None:
+                stamp(record, runs[-1], started_at)
+                save_run(record)  # after every script: an interrupted run still says what it measured
+    if record is not None and runs:
+        record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        save_run(record)
     if not args.quick:
         print(f"\nwrote {write_readme().relative_to(REPO)}")
     for r in runs:

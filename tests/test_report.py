@@ -237,3 +237,28 @@ def test_benchmarks_readme_is_rendered_from_the_json(tmp_path):
     assert "| yamnet | 600 | 61.25 |" in md and "| panns-cnn14 | 60 | 3.5 |" in md
     assert "- **machine**: x86_64, 2 CPUs" in md
     assert render_readme(tmp_path) == md  # deterministic: the committed README can be checked against the JSON
+
+
+def test_benchmarks_readme_says_whether_the_tables_come_from_one_run(tmp_path):
+    import time
+
+    from benchmarks.run_all import new_run, one_run, render_readme, save_run, stamp
+
+    run = new_run()
+    t0 = time.time() - 1
+    for name in ("extract_speed", "search_real"):
+        (tmp_path / f"{name}.json").write_text(json.dumps({"benchmark": name, "clips": 3}))
+        stamp(run, {"script": name, "rc": 0, "elapsed_s": 12.5}, t0, tmp_path)
+    save_run(run, tmp_path)
+    assert json.loads((tmp_path / "search_real.json").read_text())["run"]["id"] == run["id"]
+    assert one_run(tmp_path)
+    md = render_readme(tmp_path)
+    assert f"**All tables below come from one run**: `{run['id']}`" in md and "| search_real | ok | 12.5 |" in md
+    assert "## _runs" not in md  # the run log is not a result section
+
+    # a script that failed keeps its old JSON unstamped; a result from another run breaks the claim
+    stamp(run, {"script": "heads_real", "rc": 1, "elapsed_s": 3.0}, time.time() + 5, tmp_path)
+    (tmp_path / "heads_real.json").write_text(json.dumps({"benchmark": "heads_real", "run": {"id": "older"}}))
+    assert not one_run(tmp_path)
+    md = render_readme(tmp_path)
+    assert "do not all come from one run" in md and "`heads_real`: run `older`" in md
