@@ -132,7 +132,7 @@ def run_one(gen: MixtureGenerator, n: int, dim: int, kind: str, args) -> dict:
     k = args.k
     overrides = {}
     if kind in ("auto", "ivfpq"):
-        for name in ("nprobe", "k_factor", "pq_m", "nlist", "refine"):
+        for name in ("nprobe", "k_factor", "pq_m", "nlist", "refine", "project_dim"):
             if getattr(args, name) is not None:
                 overrides[name] = getattr(args, name)
     queries = gen.chunk(0, args.queries, stream=1)
@@ -213,9 +213,14 @@ def refine_ceiling(index, queries, exact_rows, k) -> float:
     """Recall of an exhaustive search on the re-ranking codes alone: what no shortlist setting can beat."""
     import faiss
 
-    refine = faiss.downcast_index(faiss.downcast_index(index.faiss_index).refine_index)
+    from embedtag.search import _refine_index
+
+    refine = faiss.downcast_index(_refine_index(index.faiss_index).refine_index)
     q = index.preprocessor.transform(queries)
-    q = q / np.linalg.norm(q, axis=1, keepdims=True)
+    q = np.ascontiguousarray(q / np.linalg.norm(q, axis=1, keepdims=True), np.float32)
+    outer = faiss.downcast_index(index.faiss_index)
+    if isinstance(outer, faiss.IndexPreTransform):  # the projection the refine codes live behind
+        q = faiss.downcast_VectorTransform(outer.chain.at(0)).apply(q)
     _, rows = refine.search(np.ascontiguousarray(q, np.float32), k)
     return round(recall_at_k(rows, exact_rows, k), 4)
 
@@ -248,6 +253,7 @@ def main() -> None:
     ap.add_argument("--pq-m", dest="pq_m", type=int)
     ap.add_argument("--nlist", type=int)
     ap.add_argument("--refine")
+    ap.add_argument("--project-dim", dest="project_dim", type=int, help="ivfpq projection (0: off; default: auto)")
     ap.add_argument("--sweep", action="store_true", help="also time nprobe x k_factor settings of ivfpq indexes")
     ap.add_argument("--shared", type=Path, default=Path(os.environ.get("EMBEDTAG_SHARED", REPO.parent / "shared")))
     ap.add_argument("--cache", type=Path, default=Path("/tmp/embedtag-bench-stores"))

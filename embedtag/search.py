@@ -13,9 +13,10 @@ Euclidean distance (lower is closer). Centring matters for post-ReLU embeddings 
 is non-negative, so raw cosines are all positive and crowd together; subtracting the mean spreads them out.
 
 Index kinds: ``flat`` is exact brute force; ``hnsw`` is a graph over uncompressed vectors (fast, approximate,
-no smaller than flat); ``ivfpq`` is an inverted file over 4-bit product-quantisation codes (FAISS fast-scan) whose
-shortlist is re-ranked on randomly rotated 8-bit scalar-quantised vectors: about 27% of the flat size, recall@10
-~0.96 against exact search and ~1.5 ms per query at 1M x 1024 on 2 CPU cores (benchmarks/search_speed.py). ``auto`` picks ``flat`` up to ``AUTO_FLAT_MAX_CLIPS`` clips
+no smaller than flat); ``ivfpq`` projects wide embeddings onto their top principal directions, then keeps an
+inverted file over 4-bit product-quantisation codes (FAISS fast-scan) whose shortlist is re-ranked on randomly
+rotated 8-bit scalar-quantised vectors: at 1M x 1024 on 2 CPU cores about a fifth of the flat size, recall@10
+~0.96 against exact search and ~2 ms per query (benchmarks/search_speed.py). ``auto`` picks ``flat`` up to ``AUTO_FLAT_MAX_CLIPS`` clips
 and ``ivfpq`` above. The parameters chosen are recorded in the manifest.
 
 Index directory::
@@ -53,6 +54,11 @@ AUTO_FLAT_MAX_CLIPS = 50_000
 IVFPQ_MIN_CLIPS = 10_000
 #: at most this many clips are used to fit preprocessing and train an approximate index (k-means cost)
 MAX_TRAIN_CLIPS = 100_000
+#: an ivfpq index over embeddings at least this wide keeps only their top principal directions (projection_dim):
+#: as many as fit this share of the flat index's size, and no more than carry PROJECT_KEEP_ENERGY of the energy
+PROJECT_MIN_DIM = 256
+PROJECT_SIZE_BUDGET = 0.22
+PROJECT_KEEP_ENERGY = 1 - 1e-6
 _ADD_CHUNK = 65_536
 
 MANIFEST_NAME = "manifest.json"
@@ -157,7 +163,8 @@ def choose_index(n_clips: int, dim: int, kind: str = "auto", **overrides) -> tup
 
     ``overrides`` replace the defaults: ``hnsw_m``, ``ef_construction``, ``ef_search`` (hnsw); ``nlist``,
     ``pq_m``, ``opq``, ``nprobe``, ``k_factor``, ``refine`` (a FAISS scalar quantiser: SQ8, SQ6, SQfp16...),
-    ``refine_rotation`` (ivfpq)."""
+    ``refine_rotation``, ``project_dim`` (ivfpq; None: the fewest principal directions that keep
+    ``PROJECT_KEEP_ENERGY`` of the training vectors' energy, 0: no projection)."""
     _check_choice("kind", kind, KINDS)
     if kind == "auto":
         kind = "flat" if n_clips <= AUTO_FLAT_MAX_CLIPS else "ivfpq"
@@ -170,17 +177,17 @@ def choose_index(n_clips: int, dim: int, kind: str = "auto", **overrides) -> tup
         # MAX_TRAIN_CLIPS vectors has >= ~40 points per centroid.
         cap = min(2048, min(n_clips, MAX_TRAIN_CLIPS) // 40)
         nlist = int(max(min(_pow2_near(4 * math.sqrt(max(n_clips, 1))), 2 ** int(math.log2(max(cap, 1)))), 16))
-        # 4-bit fast-scan PQ codes (dim/8 sub-quantisers: 8 dims in 4 bits) only shortlist k_factor * k
-        # candidates, cheaply (SIMD); the final order comes from 8-bit scalar-quantised copies (1 byte per dim)
-        # after a random rotation, which spreads the sparse, heavy-tailed post-ReLU coordinates evenly over the
-        # per-dimension ranges SQ8 learns (exhaustive SQ8 recall@10 at 100k clustered clips: 0.97 -> 0.99).
-        # SQ6 falls to ~0.89; fp16 is ~0.997 at twice the size. At 1M clips the shortlist needs k_factor ~256
-        # to reach that ceiling (p50 ~2 ms on 2 cores). OPQ did not help on YAMNet-like data and costs minutes
-        # of training, so it is off by default.
-        pq_m = max(8, dim // 8)
-        pq_m -= pq_m % 2  # fast-scan packs codes in pairs
-        params = {"nlist": nlist, "pq_m": pq_m, "opq": False, "nprobe": 32, "k_factor": 256, "refine": "SQ8",
-                  "refine_rotation": True}
+        # 4-bit fast-scan PQ codes (dim/8 sub-quantisers) only shortlist k_factor * k candidates, cheaply (SIMD);
+        # the final order comes from 8-bit scalar-quantised copies (1 byte per dim). Before SQ8 the vectors are
+        # randomly rotated, which spreads the sparse, heavy-tailed post-ReLU coordinates evenly over the
+        # per-dimension ranges SQ8 learns (exhaustive SQ8 recall@10 at 100k clustered clips: 0.97 -> 0.99); wide
+        # embeddings are also projected onto their top principal directions (project_dim, chosen at training:
+        # 768 of 1024 dims keeps the index at ~21% of the flat size for -0.006 recall). SQ6 falls to ~0.89; fp16
+        # is ~0.997 at twice the size. At 1M clips the shortlist needs k_factor 512 to reach recall ~0.96 (p50
+        # ~2.3 ms on 2 cores). OPQ did not help on YAMNet-like data and costs minutes of training: off by default.
+        params = {"nlist": nlist, "pq_m": _default_pq_m(dim), "opq": False, "nprobe": 32,
+                  "k_factor": 512 if n_clips > 300_000 else 256,
+                  "refine": "SQ8", "refine_rotation": True, "project_dim": None}
     unknown = set(overrides) - set(params)
     if unknown:
         raise ValueError(f"unknown parameters for kind={kind!r}: {sorted(unknown)} (known: {sorted(params)})")
@@ -188,15 +195,87 @@ def choose_index(n_clips: int, dim: int, kind: str = "auto", **overrides) -> tup
     return kind, params
 
 
+def _default_pq_m(dim: int) -> int:
+    pq_m = max(8, dim // 8)
+    return pq_m - pq_m % 2  # fast-scan packs codes in pairs
+
+
+def projection_dim(x: np.ndarray, pq_m: int, size_budget: float = PROJECT_SIZE_BUDGET,
+                   keep_energy: float = PROJECT_KEEP_ENERGY) -> int:
+    """How many principal directions of ``x`` (index-space training vectors) an ivfpq index keeps: the most that
+    fit ``size_budget`` x the flat size (8-bit re-ranking codes, ``pq_m`` 4-bit shortlist codes and an 8-byte id
+    per vector), and no more than carry ``keep_energy`` of the energy; a multiple of ``pq_m``. 0: no projection
+    (narrow embeddings, or nothing to gain).
+
+    Audio embeddings use far fewer directions than their width (640 of YAMNet's 1024 carry all but 1e-6 of the
+    energy of the real clips here), so dropping the rest costs little recall and a quarter of the bytes."""
+    x = np.asarray(x, np.float64)
+    dim = x.shape[1]
+    if dim < PROJECT_MIN_DIM:
+        return 0
+    fits = int((size_budget * 4 * dim - pq_m / 2 - 8) // pq_m) * pq_m
+    ev = np.clip(np.linalg.eigvalsh(x.T @ x)[::-1], 0.0, None)
+    if ev.sum() > 0:
+        tail = 1.0 - np.cumsum(ev) / ev.sum()
+        needed = int(np.argmax(tail <= 1.0 - keep_energy)) + 1 if (tail <= 1.0 - keep_energy).any() else dim
+        fits = min(fits, -(-needed // pq_m) * pq_m)
+    return fits if 0 < fits < dim else 0
+
+
+def _projection_matrix(x: np.ndarray, d: int, seed: int) -> np.ndarray:
+    """(dim, d): the top-``d`` principal directions of ``x`` (uncentred, so inner products are kept) followed by a
+    random rotation that spreads the energy evenly over the ``d`` coordinates, as product and scalar quantisers
+    want (the role ``RR`` plays without a projection)."""
+    x = np.asarray(x, np.float64)
+    _, vecs = np.linalg.eigh(x.T @ x)
+    top = vecs[:, ::-1][:, :d]
+    q, r = np.linalg.qr(np.random.default_rng(seed).standard_normal((d, d)))
+    return np.ascontiguousarray(top @ (q * np.sign(np.diag(r))), np.float32)
+
+
 def _factory_string(kind: str, dim: int, params: dict) -> str:
+    """The FAISS factory string; a projection shows as a ``Proj{d}`` prefix (a LinearTransform, not factory syntax)."""
     if kind == "flat":
         return "Flat"
     if kind == "hnsw":
         return f"HNSW{int(params['hnsw_m'])},Flat"
+    proj = int(params.get("project_dim") or 0)
+    return (f"Proj{proj}," if proj else "") + _ivfpq_factory(proj or dim, params, rotate=not proj)
+
+
+def _ivfpq_factory(dim: int, params: dict, rotate: bool) -> str:
     pq_m = int(params["pq_m"])
     opq = f"OPQ{pq_m}," if params.get("opq") else ""
-    rot = f"RR{dim}," if params.get("refine_rotation") else ""
+    rot = f"RR{dim}," if params.get("refine_rotation") and rotate else ""
     return f"{opq}IVF{int(params['nlist'])},PQ{pq_m}x4fs,Refine({rot}{params['refine']})"
+
+
+def _new_faiss_index(kind: str, dim: int, params: dict, metric: str, projection: np.ndarray | None):
+    import faiss
+
+    if projection is None:
+        return faiss.index_factory(dim, _factory_string(kind, dim, params), _faiss_metric(metric))
+    d = projection.shape[1]
+    lt = faiss.LinearTransform(dim, d, False)
+    faiss.copy_array_to_vector(np.ascontiguousarray(projection.T).ravel(), lt.A)  # A is (d, dim), row-major
+    lt.set_is_orthonormal()  # lets reconstruct() map codes back to index space
+    lt.is_trained = True
+    inner = faiss.index_factory(d, _ivfpq_factory(d, params, rotate=False), _faiss_metric(metric))
+    index = faiss.IndexPreTransform(lt, inner)
+    index.own_fields = True
+    lt.this.disown()  # the PreTransform owns both now
+    inner.this.disown()
+    return index
+
+
+def _refine_index(index):
+    """The IndexRefine of an ivfpq index (inside the projection, if there is one)."""
+    import faiss
+
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexPreTransform):
+        index = faiss.downcast_index(index.index)
+    return index
 
 
 def _faiss_metric(metric: str):
@@ -212,7 +291,7 @@ def _apply_search_params(index, kind: str, params: dict) -> None:
         faiss.downcast_index(index).hnsw.efSearch = int(params["ef_search"])
     elif kind == "ivfpq":
         faiss.extract_index_ivf(index).nprobe = int(params["nprobe"])
-        faiss.downcast_index(index).k_factor = float(params["k_factor"])
+        _refine_index(index).k_factor = float(params["k_factor"])
 
 
 # ---------------------------------------------------------------------------------------------- the index
@@ -291,8 +370,20 @@ class SimilarityIndex:
         pre = Preprocessor.fit(sample, preprocess, n_components=whiten_components, eps=whiten_eps)
         n_clips = len(train) if n_clips is None else int(n_clips)
         kind, params = choose_index(n_clips, pre.out_dim, kind, **index_params)
+        projection = None
+        if kind == "ivfpq":
+            xs = _finish(pre.transform(sample), metric)
+            if params["project_dim"] is None:
+                params["project_dim"] = projection_dim(xs, int(params["pq_m"]))
+            d = int(params["project_dim"])
+            if not 0 <= d <= pre.out_dim or (d and d % int(params["pq_m"])):
+                raise ValueError(f"project_dim must be 0 (off) or a multiple of pq_m={params['pq_m']} up to "
+                                 f"{pre.out_dim}, got {d}")
+            if d:
+                projection = _projection_matrix(xs, d, seed)
+            del xs
         factory = _factory_string(kind, pre.out_dim, params)
-        index = faiss.index_factory(pre.out_dim, factory, _faiss_metric(metric))
+        index = _new_faiss_index(kind, pre.out_dim, params, metric, projection)
         if kind == "hnsw":
             faiss.downcast_index(index).hnsw.efConstruction = int(params["ef_construction"])
         if not index.is_trained:

@@ -181,6 +181,47 @@ def test_approximate_indexes_recall_against_exact(tmp_path):
         build_index(make_store(tmp_path / "small", n=500, dim=32), kind="ivfpq")
 
 
+def test_projection_dim_follows_the_size_budget_and_the_energy():
+    from embedtag.search import projection_dim
+
+    rng = np.random.default_rng(0)
+    # full-rank 1024-d: as many directions as fit ~22% of the flat size, a multiple of pq_m
+    assert projection_dim(rng.normal(size=(3000, 1024)), pq_m=128) == 768
+    # 100 directions carry all the energy of these 512-d vectors: keep them (rounded up to pq_m), no more
+    low = rng.normal(size=(3000, 100)) @ rng.normal(size=(100, 512))
+    assert projection_dim(low, pq_m=64) == 128
+    assert projection_dim(rng.normal(size=(500, 32)), pq_m=8) == 0  # narrow embeddings are left alone
+
+
+def test_projected_ivfpq_index_keeps_recall_and_round_trips(tmp_path):
+    # 320-d embeddings that live in a 48-d subspace (as audio embeddings use far fewer directions than their width)
+    rng = np.random.default_rng(3)
+    n, lab = 12_000, rng.integers(0, 40, 12_000)
+    basis = rng.normal(size=(48, 320))
+    z = rng.normal(size=(40, 48))[lab] + 0.5 * rng.normal(size=(n, 48))
+    x = np.maximum(z @ basis, 0).astype(np.float32)
+    store = EmbeddingStore.create(tmp_path / "s", StoreManifest("yamnet", 320, 16000, "mean", 10.0))
+    store.append([{"clip_id": f"c{i:05d}", "path": "", "embedding": x[i], "labels": [f"k{lab[i]}"]}
+                  for i in range(n)])
+    ivf = build_index(store, kind="ivfpq", metric="cosine", preprocess="center")
+    d = ivf.manifest.params["project_dim"]
+    assert 0 < d < 320 and ivf.manifest.factory.startswith(f"Proj{d},IVF")
+    ev = evaluate_index(ivf, k=10, max_queries=300)
+    assert ev.recall_at_k >= 0.9, ev
+    ivf.save(tmp_path / "ivf")
+    loaded = SimilarityIndex.load(tmp_path / "ivf")
+    assert loaded.query("c00042", 5) == ivf.query("c00042", 5)  # a stored clip as query: codes mapped back
+    # ... whose neighbours are the exact ones: the re-ranking codes map back through the projection
+    xc = x - x.astype(np.float64).mean(0)
+    exact_rows, _ = numpy_neighbours(xc, xc[42:43], 10, "cosine", exclude=[42])
+    got = {h["clip_id"] for h in loaded.query("c00042", 10)[0]}
+    assert len(got & {f"c{r:05d}" for r in exact_rows[0]}) >= 8
+    off = build_index(store, kind="ivfpq", metric="cosine", preprocess="center", project_dim=0)
+    assert off.manifest.factory == "IVF256,PQ40x4fs,Refine(RR320,SQ8)"
+    with pytest.raises(ValueError, match="project_dim must be"):
+        build_index(store, kind="ivfpq", project_dim=100)
+
+
 def test_retrieval_metrics_by_hand():
     neigh = [[["a"], ["b"], ["a", "c"]], [["x"], None, ["y"]]]
     prec, mapk = retrieval_metrics(neigh, [["a"], ["y"]], n_relevant=[2, 1], k=3)
