@@ -50,7 +50,7 @@ LONG = {"search_speed", "heads_speed", "finetune_compare"}
 #: Arguments for ``--quick`` (a smoke run that must not overwrite the real results); None: no quick mode, skipped.
 QUICK_ARGS: dict[str, list[str] | None] = {
     "extract_speed": ["--quick"],  # does not save in quick mode
-    "search_speed": ["--sizes", "20000", "--dims", "1024", "--no-save"],
+    "search_speed": ["--sizes", "20000", "--dims", "1024", "--no-save", "--flat-up-to", "0"],
     "search_real": ["--out", "/tmp/embedtag_search_real_quick.json"],
     "heads_speed": None,
     "heads_real": None,

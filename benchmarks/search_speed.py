@@ -14,9 +14,11 @@ chunk then updates the exact top-k of the held-out queries (brute force, chunk b
 further draws from the same mixture, not indexed. The index uses the library defaults for the size (``kind``
 ``auto`` -> ``ivfpq`` above 50k clips), cosine metric, centring.
 
-    python benchmarks/search_speed.py --sizes 100000 1000000 --dims 1024 2048 [--kinds auto flat hnsw]
+    python benchmarks/search_speed.py --sizes 100000 1000000 --dims 1024 2048 [--kinds auto hnsw] [--merge]
 
-Writes benchmarks/results/search_speed.json (runs are merged by (n, dim, kind, factory)) and prints a markdown table.
+Each ivfpq index also gets a sweep of its query-time settings (``--no-sweep``), and sizes up to ``--flat-up-to``
+an exact flat baseline. Writes benchmarks/results/search_speed.json (replaced; ``--merge`` keeps earlier runs of
+other (n, dim, kind, factory)) and prints a markdown table.
 """
 
 from __future__ import annotations
@@ -254,7 +256,12 @@ def main() -> None:
     ap.add_argument("--nlist", type=int)
     ap.add_argument("--refine")
     ap.add_argument("--project-dim", dest="project_dim", type=int, help="ivfpq projection (0: off; default: auto)")
-    ap.add_argument("--sweep", action="store_true", help="also time nprobe x k_factor settings of ivfpq indexes")
+    ap.add_argument("--no-sweep", dest="sweep", action="store_false",
+                    help="do not time the nprobe x k_factor settings of each ivfpq index")
+    ap.add_argument("--flat-up-to", type=int, default=100_000,
+                    help="also build an exact flat index, as the baseline, at sizes up to this (0: never)")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the runs of earlier invocations (other sizes/kinds) in the JSON instead of replacing it")
     ap.add_argument("--shared", type=Path, default=Path(os.environ.get("EMBEDTAG_SHARED", REPO.parent / "shared")))
     ap.add_argument("--cache", type=Path, default=Path("/tmp/embedtag-bench-stores"))
     ap.add_argument("--tmp", default=None, help="where the index is saved to measure its size")
@@ -273,12 +280,13 @@ def main() -> None:
     for dim in args.dims:
         gen = MixtureGenerator(real, dim)
         for n in args.sizes:
-            for kind in args.kinds:
+            kinds = list(args.kinds) + (["flat"] if n <= args.flat_up_to and "flat" not in args.kinds else [])
+            for kind in kinds:
                 r = run_one(gen, n, dim, kind, args)
                 print(json.dumps(r))
                 runs.append(r)
     if not args.no_save:
-        old = json.loads(args.out.read_text())["runs"] if args.out.is_file() else []
+        old = json.loads(args.out.read_text())["runs"] if args.out.is_file() and args.merge else []
         key = lambda r: (r["n"], r["dim"], r["requested_kind"], r["factory"])  # noqa: E731
         merged = {key(r): r for r in old}
         merged.update({key(r): r for r in runs})
