@@ -149,12 +149,12 @@ def peer_panns_inference(files: list[Path], ckpt: Path) -> dict:
 
 
 def peak_rss_mb(files_dir: Path, model: str, out: Path) -> float:
-    code = ("import resource,sys; from embedtag.embeddings.pipeline import extract; "
+    code = ("from embedtag.embeddings.pipeline import extract; from embedtag.report import peak_rss_mib; "
             f"extract({str(files_dir)!r}, {str(out)!r}, model={model!r}, progress=False); "
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+            "print(peak_rss_mib())")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                        env=dict(os.environ, PYTHONPATH=str(REPO)))
-    return int(r.stdout.strip().splitlines()[-1]) / 1024
+    return float(r.stdout.strip().splitlines()[-1])
 
 
 def machine() -> dict:

@@ -87,9 +87,20 @@ PER_CLASS_SHOWN = 10
 
 # ------------------------------------------------------------------------------------------------ provenance
 def peak_rss_mib() -> float:
-    """Peak resident memory of this process so far (MiB), from ``resource.getrusage`` (POSIX only)."""
+    """Peak resident memory of this process so far (MiB).
+
+    Linux: ``VmHWM`` of /proc/self/status. Not ``getrusage``'s ``ru_maxrss``, which a process started by
+    ``subprocess`` inherits from its parent (the high-water mark survives the vfork + exec), so a small child of
+    a big parent would report the parent's size. Elsewhere: ``ru_maxrss``."""
     import resource
 
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except (OSError, ValueError, IndexError):
+        pass
     ru = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # Linux reports KiB, macOS bytes
     return ru / (MIB if sys.platform == "darwin" else 1024)

@@ -8,6 +8,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -262,3 +263,12 @@ def test_benchmarks_readme_says_whether_the_tables_come_from_one_run(tmp_path):
     assert not one_run(tmp_path)
     md = render_readme(tmp_path)
     assert "do not all come from one run" in md and "`heads_real`: run `older`" in md
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM is Linux's")
+def test_peak_rss_of_a_child_is_its_own_not_its_parents():
+    big = np.ones(400 * 2**20 // 8)  # 400 MiB held by this (parent) process while the child runs
+    code = "from embedtag.report import peak_rss_mib; print(peak_rss_mib())"
+    child = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert 1 < child < 200, child  # getrusage's ru_maxrss would report the parent's ~400+ MiB here
+    assert big.sum() > 0
