@@ -272,3 +272,12 @@ def test_peak_rss_of_a_child_is_its_own_not_its_parents():
     child = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     assert 1 < child < 200, child  # getrusage's ru_maxrss would report the parent's ~400+ MiB here
     assert big.sum() > 0
+
+
+def test_committed_benchmarks_readme_matches_the_committed_json():
+    from benchmarks.run_all import README, RESULTS, render_readme
+
+    if not any(RESULTS.glob("*.json")):
+        pytest.skip("no benchmark results in this checkout")
+    assert README.read_text(encoding="utf-8") == render_readme(), \
+        "benchmarks/README.md is stale: python -m benchmarks.run_all --readme-only"
