@@ -182,8 +182,9 @@ def _fold(value, where: str) -> int | None:
 def read_labels_csv(path: str | os.PathLike, audio_dir: str | os.PathLike | None = None,
                     vocabulary: list[str] | None = None, subset: str | None = None) -> Dataset:
     """A ``fname,labels`` CSV (comma-separated labels; ``label`` is accepted too; optional ``fold`` and ``subset``
-    columns). Audio paths are ``audio_dir/fname`` (default: the CSV's folder). The vocabulary is ``vocabulary`` if
-    given, else the sorted set of labels seen."""
+    columns). Audio paths are ``audio_dir/fname`` (default: the CSV's folder, or its ``audio/`` subfolder when the
+    first listed clip is there and not beside the CSV). The vocabulary is ``vocabulary`` if given, else the sorted
+    set of labels seen."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: label file not found")
@@ -192,7 +193,11 @@ def read_labels_csv(path: str | os.PathLike, audio_dir: str | os.PathLike | None
     label_col = next((c for c in ("labels", "label", "category") if c in cols), None)
     if name_col is None or label_col is None:
         raise DataError(f"{path}: expected columns 'fname,labels', found {','.join(cols) or 'none'}")
-    audio_dir = Path(audio_dir) if audio_dir is not None else path.parent
+    if audio_dir is None:
+        first = next(((r.get(name_col) or "").strip() for r in rows), "")
+        beside, sub = path.parent / first, path.parent / "audio" / first
+        audio_dir = path.parent / "audio" if first and not beside.exists() and sub.exists() else path.parent
+    audio_dir = Path(audio_dir)
     ids, labels, subsets, folds = [], [], [], []
     for k, r in enumerate(rows):
         where = f"{path}:{k + 2}"

@@ -62,6 +62,9 @@ def test_generic_folder_real(shared_data):
     multi = load_dataset(require(shared_data / "donateacry_cleaned"))
     assert multi.is_multi_label and "baby_cry" in multi.vocabulary
     assert (multi.multi_hot()[:, multi.vocabulary.index("baby_cry")] == 1).all()
+    # the labels.csv itself, given as the dataset: the clips are found in audio/ beside it
+    by_csv = load_dataset(shared_data / "dcase2016_task2_office" / "labels.csv")
+    assert by_csv.paths == ds.paths
 
 
 def test_labels_csv_with_folds_and_errors(tmp_path):
