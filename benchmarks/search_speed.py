@@ -272,6 +272,7 @@ def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import faiss
 
+    load_start = round(os.getloadavg()[0], 1)  # what else used the CPU is part of the result
     real = real_yamnet_embeddings(args.shared, args.cache)
     # sanity check of the generator: at the real data's size, neighbours look like the real ones
     data_check = {"real_yamnet": neighbour_structure(real.astype(np.float32)),
@@ -298,7 +299,8 @@ def main() -> None:
                "data_check": data_check,
                "queries": "held-out draws of the same mixture; recall@k = |approximate top-k & exact top-k| / k",
                "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, faiss {faiss.__version__}, "
-                          f"{faiss.omp_get_max_threads()} OpenMP threads (machine shared with other jobs)",
+                          f"{faiss.omp_get_max_threads()} OpenMP threads",
+               "load_average_1min": {"start": load_start, "end": round(os.getloadavg()[0], 1)},
                "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                "runs": sorted(merged.values(), key=lambda r: (r["dim"], r["n"], r["requested_kind"]))}
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -332,8 +334,11 @@ def markdown(result: dict) -> str:
     check_md = "\n".join(["Generator check at the real data's size (median cosine of neighbours after centring):", "",
                           "| vectors | 1st NN | 10th NN | 10th-11th gap | effective dim | zeros |",
                           "|---|---|---|---|---|---|", *lines]) if lines else ""
-    return "\n\n".join([f"Data: {result['data']}.", check_md, f"Queries: {result['queries']}.",
-                         f"Machine: {result['machine']}.", table(result["runs"])])
+    load = result.get("load_average_1min")
+    machine = f"Machine: {result['machine']}" + (f"; 1-minute load average {load['start']} at the start, "
+                                                  f"{load['end']} at the end." if load else ".")
+    return "\n\n".join([f"Data: {result['data']}.", check_md, f"Queries: {result['queries']}.", machine,
+                         table(result["runs"])])
 
 
 def print_table(runs) -> None:
