@@ -653,17 +653,16 @@ class SimilarityIndex:
         if not mpath.is_file():
             raise StoreError(f"{d} is not a similarity index (no {MANIFEST_NAME}); build one with "
                              f"`embedtag index build`")
-        if not _is_index_dir(d):
+        try:
+            artifact = json.loads(mpath.read_text()).get("artifact")
+        except (ValueError, AttributeError) as exc:
+            raise StoreError(f"{mpath} is corrupt: {exc}") from None
+        if artifact != IndexManifest.artifact:  # e.g. a store's manifest.json
             raise StoreError(f"{d} is not a similarity index ({MANIFEST_NAME} is not an index manifest); build one "
                              f"with `embedtag index build`")
-        try:
-            data = json.loads(mpath.read_text())
-            known = set(IndexManifest.__dataclass_fields__)
-            manifest = IndexManifest(**{k: v for k, v in data.items() if k in known})
-        except (ValueError, TypeError) as exc:
-            raise StoreError(f"{mpath} is corrupt: {exc}") from None
-        if manifest.format_version > FORMAT_VERSION:
-            raise StoreError(f"{d} was written by a newer embedtag (format {manifest.format_version})")
+        from embedtag.store import read_manifest
+
+        manifest = read_manifest(mpath, IndexManifest, FORMAT_VERSION)
         for name in (FAISS_NAME, IDS_NAME):
             if not (d / name).is_file():
                 raise StoreError(f"{d / name} is missing: the index directory is incomplete")

@@ -24,6 +24,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -262,15 +263,26 @@ def open_store(path: str | os.PathLike) -> EmbeddingStore:
     manifest_path = path / MANIFEST_NAME
     if not manifest_path.is_file():
         raise StoreError(f"{path} is not an embedding store (no {MANIFEST_NAME}); create one with `embedtag extract`")
+    return EmbeddingStore(path, read_manifest(manifest_path, StoreManifest, FORMAT_VERSION))
+
+
+M = TypeVar("M")
+
+
+def read_manifest(path: Path, cls: type[M], format_version: int) -> M:
+    """The JSON manifest at ``path`` as dataclass ``cls`` (keys ``cls`` does not know are ignored); StoreError
+    naming the file when it is corrupt or from a newer format than ``format_version``. Shared by the store and
+    the similarity index."""
     try:
-        data = json.loads(manifest_path.read_text())
-        known = set(StoreManifest.__dataclass_fields__)
-        manifest = StoreManifest(**{k: v for k, v in data.items() if k in known})
-    except (ValueError, TypeError) as exc:
-        raise StoreError(f"{manifest_path} is corrupt: {exc}") from None
-    if manifest.format_version > FORMAT_VERSION:
-        raise StoreError(f"{path} was written by a newer embedtag (format {manifest.format_version}); upgrade embedtag")
-    return EmbeddingStore(path, manifest)
+        data = json.loads(path.read_text())
+        known = set(cls.__dataclass_fields__)
+        manifest = cls(**{k: v for k, v in data.items() if k in known})
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise StoreError(f"{path} is corrupt: {exc}") from None
+    if manifest.format_version > format_version:
+        raise StoreError(f"{path.parent} was written by a newer embedtag (format {manifest.format_version}); "
+                         "upgrade embedtag")
+    return manifest
 
 
 def _visible(folder: Path) -> list[Path]:

@@ -290,3 +290,21 @@ def test_real_exact_search_equals_numpy_brute_force(office, metric, preprocess):
                 assert res[r]["clip_id"] == want[r]
                 n_checked += 1
     assert n_checked >= 0.9 * 5 * len(every)
+
+
+def test_corrupt_or_newer_manifests_of_stores_and_indexes_are_named(tmp_path):
+    from embedtag.store import open_store
+
+    store = make_store(tmp_path / "s", n=50, dim=8)
+    build_index(store).save(tmp_path / "i")
+    for folder, opener in ((tmp_path / "s", open_store), (tmp_path / "i", SimilarityIndex.load)):
+        manifest = folder / "manifest.json"
+        good = manifest.read_text()
+        manifest.write_text(good.replace('"format_version": 1', '"format_version": 99'))
+        with pytest.raises(StoreError, match=f"{folder} was written by a newer embedtag"):
+            opener(folder)
+        manifest.write_text(good[: len(good) // 2])
+        with pytest.raises(StoreError, match=f"{manifest} is corrupt"):
+            opener(folder)
+        manifest.write_text(good)
+        opener(folder)
