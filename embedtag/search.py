@@ -200,21 +200,28 @@ def _default_pq_m(dim: int) -> int:
     return pq_m - pq_m % 2  # fast-scan packs codes in pairs
 
 
-def projection_dim(x: np.ndarray, pq_m: int, size_budget: float = PROJECT_SIZE_BUDGET,
+def principal_directions(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (descending) and eigenvectors (columns, same order) of the uncentred second moment ``x.T @ x``:
+    the directions and energy that inner products between rows of ``x`` live in."""
+    x = np.asarray(x, np.float64)
+    evals, evecs = np.linalg.eigh(x.T @ x)
+    return np.clip(evals[::-1], 0.0, None), evecs[:, ::-1]
+
+
+def projection_dim(eigenvalues: np.ndarray, pq_m: int, size_budget: float = PROJECT_SIZE_BUDGET,
                    keep_energy: float = PROJECT_KEEP_ENERGY) -> int:
-    """How many principal directions of ``x`` (index-space training vectors) an ivfpq index keeps: the most that
-    fit ``size_budget`` x the flat size (8-bit re-ranking codes, ``pq_m`` 4-bit shortlist codes and an 8-byte id
-    per vector), and no more than carry ``keep_energy`` of the energy; a multiple of ``pq_m``. 0: no projection
-    (narrow embeddings, or nothing to gain).
+    """How many principal directions (``eigenvalues``: descending, from :func:`principal_directions` of the
+    index-space training vectors) an ivfpq index keeps: the most that fit ``size_budget`` x the flat size (8-bit
+    re-ranking codes, ``pq_m`` 4-bit shortlist codes and an 8-byte id per vector), and no more than carry
+    ``keep_energy`` of the energy; a multiple of ``pq_m``. 0: no projection (narrow embeddings, or nothing to gain).
 
     Audio embeddings use far fewer directions than their width (640 of YAMNet's 1024 carry all but 1e-6 of the
     energy of the real clips here), so dropping the rest costs little recall and a quarter of the bytes."""
-    x = np.asarray(x, np.float64)
-    dim = x.shape[1]
+    ev = np.asarray(eigenvalues, np.float64)
+    dim = len(ev)
     if dim < PROJECT_MIN_DIM:
         return 0
     fits = int((size_budget * 4 * dim - pq_m / 2 - 8) // pq_m) * pq_m
-    ev = np.clip(np.linalg.eigvalsh(x.T @ x)[::-1], 0.0, None)
     if ev.sum() > 0:
         tail = 1.0 - np.cumsum(ev) / ev.sum()
         needed = int(np.argmax(tail <= 1.0 - keep_energy)) + 1 if (tail <= 1.0 - keep_energy).any() else dim
@@ -222,15 +229,12 @@ def projection_dim(x: np.ndarray, pq_m: int, size_budget: float = PROJECT_SIZE_B
     return fits if 0 < fits < dim else 0
 
 
-def _projection_matrix(x: np.ndarray, d: int, seed: int) -> np.ndarray:
-    """(dim, d): the top-``d`` principal directions of ``x`` (uncentred, so inner products are kept) followed by a
-    random rotation that spreads the energy evenly over the ``d`` coordinates, as product and scalar quantisers
-    want (the role ``RR`` plays without a projection)."""
-    x = np.asarray(x, np.float64)
-    _, vecs = np.linalg.eigh(x.T @ x)
-    top = vecs[:, ::-1][:, :d]
+def _projection_matrix(eigenvectors: np.ndarray, d: int, seed: int) -> np.ndarray:
+    """(dim, d): the top-``d`` principal directions (uncentred, so inner products are kept) followed by a random
+    rotation that spreads the energy evenly over the ``d`` coordinates, as product and scalar quantisers want (the
+    role ``RR`` plays without a projection)."""
     q, r = np.linalg.qr(np.random.default_rng(seed).standard_normal((d, d)))
-    return np.ascontiguousarray(top @ (q * np.sign(np.diag(r))), np.float32)
+    return np.ascontiguousarray(eigenvectors[:, :d] @ (q * np.sign(np.diag(r))), np.float32)
 
 
 def _factory_string(kind: str, dim: int, params: dict) -> str:
@@ -318,10 +322,18 @@ class IndexManifest:
     artifact: str = "embedtag-similarity-index"
 
 
+def _artifact(manifest_path: Path) -> str | None:
+    """The ``artifact`` a manifest.json declares (None for a store's); StoreError naming the file when corrupt."""
+    try:
+        return json.loads(manifest_path.read_text()).get("artifact")
+    except (ValueError, AttributeError) as exc:
+        raise StoreError(f"{manifest_path} is corrupt: {exc}") from None
+
+
 def _is_index_dir(d: Path) -> bool:
     try:
-        return json.loads((d / MANIFEST_NAME).read_text()).get("artifact") == IndexManifest.artifact
-    except (OSError, ValueError, AttributeError):
+        return _artifact(d / MANIFEST_NAME) == IndexManifest.artifact
+    except (OSError, StoreError):
         return False
 
 
@@ -370,29 +382,32 @@ class SimilarityIndex:
         pre = Preprocessor.fit(sample, preprocess, n_components=whiten_components, eps=whiten_eps)
         n_clips = len(train) if n_clips is None else int(n_clips)
         kind, params = choose_index(n_clips, pre.out_dim, kind, **index_params)
+        if kind == "ivfpq" and len(train) < IVFPQ_MIN_CLIPS:
+            raise DataError(f"kind='ivfpq' needs at least {IVFPQ_MIN_CLIPS} clips to train its quantisers, "
+                            f"got {len(train)}; use kind='flat' (exact) or 'auto'")
+        # index-space training vectors, once: for the projection and the quantisers (flat and hnsw need none)
+        xs = _finish(pre.transform(sample), metric) if kind == "ivfpq" else None
         projection = None
         if kind == "ivfpq":
-            xs = _finish(pre.transform(sample), metric)
-            if params["project_dim"] is None:
-                params["project_dim"] = projection_dim(xs, int(params["pq_m"]))
+            if params["project_dim"] != 0:
+                evals, evecs = principal_directions(xs)
+                if params["project_dim"] is None:
+                    params["project_dim"] = projection_dim(evals, int(params["pq_m"]))
             d = int(params["project_dim"])
             if not 0 <= d <= pre.out_dim or (d and d % int(params["pq_m"])):
                 raise ValueError(f"project_dim must be 0 (off) or a multiple of pq_m={params['pq_m']} up to "
                                  f"{pre.out_dim}, got {d}")
             if d:
-                projection = _projection_matrix(xs, d, seed)
-            del xs
+                projection = _projection_matrix(evecs, d, seed)
         factory = _factory_string(kind, pre.out_dim, params)
         index = _new_faiss_index(kind, pre.out_dim, params, metric, projection)
         if kind == "hnsw":
             faiss.downcast_index(index).hnsw.efConstruction = int(params["ef_construction"])
         if not index.is_trained:
-            if kind == "ivfpq" and len(train) < IVFPQ_MIN_CLIPS:
-                raise DataError(f"kind='ivfpq' needs at least {IVFPQ_MIN_CLIPS} clips to train its quantisers, "
-                                f"got {len(train)}; use kind='flat' (exact) or 'auto'")
             if kind == "ivfpq":
                 faiss.extract_index_ivf(index).cp.seed = seed
-            index.train(_finish(pre.transform(sample), metric))
+            index.train(xs if xs is not None else _finish(pre.transform(sample), metric))
+        del xs
         _apply_search_params(index, kind, params)
         from embedtag import __version__
 
@@ -653,11 +668,7 @@ class SimilarityIndex:
         if not mpath.is_file():
             raise StoreError(f"{d} is not a similarity index (no {MANIFEST_NAME}); build one with "
                              f"`embedtag index build`")
-        try:
-            artifact = json.loads(mpath.read_text()).get("artifact")
-        except (ValueError, AttributeError) as exc:
-            raise StoreError(f"{mpath} is corrupt: {exc}") from None
-        if artifact != IndexManifest.artifact:  # e.g. a store's manifest.json
+        if _artifact(mpath) != IndexManifest.artifact:  # e.g. a store's manifest.json
             raise StoreError(f"{d} is not a similarity index ({MANIFEST_NAME} is not an index manifest); build one "
                              f"with `embedtag index build`")
         from embedtag.store import read_manifest

@@ -182,15 +182,18 @@ def test_approximate_indexes_recall_against_exact(tmp_path):
 
 
 def test_projection_dim_follows_the_size_budget_and_the_energy():
-    from embedtag.search import projection_dim
+    from embedtag.search import principal_directions, projection_dim
+
+    def spectrum(x):
+        return principal_directions(x)[0]
 
     rng = np.random.default_rng(0)
     # full-rank 1024-d: as many directions as fit ~22% of the flat size, a multiple of pq_m
-    assert projection_dim(rng.normal(size=(3000, 1024)), pq_m=128) == 768
+    assert projection_dim(spectrum(rng.normal(size=(3000, 1024))), pq_m=128) == 768
     # 100 directions carry all the energy of these 512-d vectors: keep them (rounded up to pq_m), no more
     low = rng.normal(size=(3000, 100)) @ rng.normal(size=(100, 512))
-    assert projection_dim(low, pq_m=64) == 128
-    assert projection_dim(rng.normal(size=(500, 32)), pq_m=8) == 0  # narrow embeddings are left alone
+    assert projection_dim(spectrum(low), pq_m=64) == 128
+    assert projection_dim(spectrum(rng.normal(size=(500, 32))), pq_m=8) == 0  # narrow embeddings are left alone
 
 
 def test_projected_ivfpq_index_keeps_recall_and_round_trips(tmp_path):

@@ -77,6 +77,7 @@ class _YamnetBase(Backbone):
     embedding_dim = 1024
     min_samples = PATCH_SAMPLES
     default_batch_size = 64
+    _warm = False  # set by warmup()
 
     def __init__(self, spec, weights=None, device="auto", offline=None):
         self.name = spec.name
@@ -92,7 +93,7 @@ class _YamnetBase(Backbone):
     def warmup(self) -> None:
         # One call of the largest packed size: on CPU the first ~two minutes of packed calls otherwise run ~20%
         # slower (TensorFlow growing its buffers), which was most of the gap between extract and model-only.
-        if not getattr(self, "_warm", False):
+        if not self._warm:
             self._run(np.zeros(MAX_PACKED_SAMPLES, np.float32))
             self._warm = True
 
