@@ -163,8 +163,9 @@ def choose_index(n_clips: int, dim: int, kind: str = "auto", **overrides) -> tup
 
     ``overrides`` replace the defaults: ``hnsw_m``, ``ef_construction``, ``ef_search`` (hnsw); ``nlist``,
     ``pq_m``, ``opq``, ``nprobe``, ``k_factor``, ``refine`` (a FAISS scalar quantiser: SQ8, SQ6, SQfp16...),
-    ``refine_rotation``, ``project_dim`` (ivfpq; None: the fewest principal directions that keep
-    ``PROJECT_KEEP_ENERGY`` of the training vectors' energy, 0: no projection)."""
+    ``refine_rotation``, ``project_dim`` (ivfpq; None: chosen from the training vectors by
+    :func:`projection_dim`, i.e. the principal directions that fit ``PROJECT_SIZE_BUDGET`` and carry the energy;
+    0: no projection)."""
     _check_choice("kind", kind, KINDS)
     if kind == "auto":
         kind = "flat" if n_clips <= AUTO_FLAT_MAX_CLIPS else "ivfpq"
