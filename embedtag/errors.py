@@ -23,8 +23,21 @@ class WeightsError(EmbedtagError):
     """Model weights are missing, corrupt or of the wrong format."""
 
 
-class StoreError(EmbedtagError):
+class ArtifactError(EmbedtagError):
+    """An artifact directory (store, index, head, fine-tuned run) is missing, corrupt or of another kind."""
+
+
+class StoreError(ArtifactError):
     """An embedding store is missing, malformed or incompatible with the request."""
+
+
+class WrongKindError(StoreError):
+    """A directory holds another kind of artifact than the one asked for ("X is a similarity index, not an
+    embedding store"). ``found`` is the kind it holds, or None."""
+
+    def __init__(self, message: str, found: str | None = None):
+        self.found = found
+        super().__init__(message)
 
 
 class IncompatibleError(EmbedtagError):
@@ -33,3 +46,7 @@ class IncompatibleError(EmbedtagError):
 
 class DataError(EmbedtagError):
     """A dataset, label file or CSV is malformed."""
+
+
+class ParamError(EmbedtagError, ValueError):
+    """An option or parameter is out of range or of the wrong type (refused before any work starts)."""

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from embedtag.errors import EmbedtagError, IncompatibleError, WeightsError
+from embedtag.errors import IncompatibleError, ParamError, WeightsError
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "weights.safetensors"
@@ -32,8 +32,6 @@ FORMAT = "embedtag-head"
 FORMAT_VERSION = 1
 
 
-class ParamError(EmbedtagError, ValueError):
-    """A head parameter is out of range or of the wrong type."""
 
 
 def check_param(ok: bool, name: str, value, expected: str) -> None:
