@@ -788,10 +788,11 @@ def _test_count(test_size, n: int) -> int:
                      f"[1, {n - 1}] (the dataset has {n} labelled clips)")
     if isinstance(test_size, bool) or not isinstance(test_size, (int, float, np.integer, np.floating)):
         raise bad
-    t = float(test_size)
-    if not np.isfinite(t) or t <= 0:
-        raise bad
-    count = int(np.ceil(t * n)) if t < 1 else (int(t) if t == int(t) else -1)
+    if isinstance(test_size, (int, np.integer)):
+        count = int(test_size)
+    else:
+        t = float(test_size)
+        count = int(np.ceil(t * n)) if 0 < t < 1 else -1  # NaN and inf fail the comparison too
     if not 1 <= count <= n - 1:
         raise bad
     return count
@@ -801,7 +802,7 @@ def split_dataset(data, test_size: float | int = 0.3, *, seed: int = 0, out: str
                   overwrite: bool = False) -> tuple[Dataset, Dataset]:
     """A reproducible train/test split of the labelled clips of ``data`` (any input :func:`load_dataset` reads),
     stratified by label and multi-label aware (iterative stratification: each label keeps about its share on both
-    sides). ``test_size``: a fraction in (0, 1) or a clip count. Unlabelled clips are left out of both sides.
+    sides). ``test_size``: a fraction in (0, 1) (a float) or a clip count (an int). Unlabelled clips are left out of both sides.
 
     With ``out``, writes ``OUT/train.csv`` and ``OUT/test.csv`` (``fname`` = the dataset's clip id, ``labels``,
     ``subset`` / ``fold`` when the dataset has them, ``path`` = the absolute audio path) and ``OUT/split.json``
