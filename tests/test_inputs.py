@@ -272,6 +272,13 @@ def test_non_utf8_file_names_do_not_crash(tmp_path, shared_models):
         assert os.path.exists(s.path)  # the real name still opens
     assert audio_files(d)[0] == ids
     assert safe_text(b"b\xff.wav") == "b\ufffd.wav" and safe_text("ok.wav") == "ok.wav"
+    # extract records such a file (stored, or failed with its reason) and the store stays readable: no crash
+    summary = _extract(d, tmp_path / "s")
+    assert summary.n_stored + summary.n_failed == 2 and summary.n_stored >= 1
+    from embedtag.store import open_store
+
+    store = open_store(tmp_path / "s")
+    assert set(store.clip_ids) | set(store.errors()["clip_id"]) == set(ids)
 
 
 # ------------------------------------------------------------------------------------------------ folder rules

@@ -24,7 +24,7 @@ import numpy as np
 
 from embedtag.embeddings import audio as A
 from embedtag.errors import AudioError, EmbedtagError
-from embedtag.inputs import ClipSource, read_label_table, resolve_sources
+from embedtag.inputs import ClipSource, read_label_table, resolve_sources, safe_text
 
 POOLINGS = ("mean", "max", "meanmax")
 DEFAULT_WINDOW_S = 10.0
@@ -150,7 +150,7 @@ class _Acc:
 def _record(acc: _Acc, pooling: str) -> dict:
     d = acc.decoded
     emb, scores = acc.result(pooling)
-    return {"clip_id": d.source.clip_id, "path": d.source.path, "duration_s": d.duration_s,
+    return {"clip_id": d.source.clip_id, "path": safe_text(d.source.path), "duration_s": d.duration_s,
             "sample_rate": d.sample_rate, "channels": d.channels, "n_windows": acc.n, "peak": d.levels.peak,
             "rms_dbfs": d.levels.rms_dbfs, "embedding": emb,
             "audioset_scores": scores, "labels": d.source.labels}
@@ -367,7 +367,8 @@ def extract(src, out: str | os.PathLike, model="yamnet", *, labels=None, weights
 
     def on_error(s: ClipSource, exc: EmbedtagError) -> None:
         reason = getattr(exc, "reason", None) or str(exc)
-        store.add_errors([{"clip_id": s.clip_id, "path": s.path, "reason": reason, "error_type": type(exc).__name__}])
+        store.add_errors([{"clip_id": safe_text(s.clip_id), "path": safe_text(s.path), "reason": safe_text(reason),
+                           "error_type": type(exc).__name__}])
         summary.n_failed += 1
         summary.failures.append((s.clip_id, reason))
         if strict:
