@@ -600,10 +600,11 @@ def load_dataset(path: str | os.PathLike, vocabulary: list[str] | None = None, *
 
 # ------------------------------------------------------------------------------------------------ checks
 def check_inside_root(ds: Dataset, allow_outside_root: bool = False) -> None:
-    """Refuse listed paths that lie outside the dataset's folder (``../../x.wav``, ``/etc/x.wav``)."""
-    if allow_outside_root:
+    """Refuse listed paths that lie outside the dataset's folder (``../../x.wav``, ``/etc/x.wav``). The folders
+    are those the reader recorded (``extra["roots"]``); a Dataset built in code without them is not checked."""
+    roots = ds.extra.get("roots")
+    if allow_outside_root or not roots:
         return
-    roots = ds.extra.get("roots") or [_abs(Path(ds.root).parent if Path(ds.root).is_file() else ds.root)]
     outside = [(c, p) for c, p in zip(ds.clip_ids, ds.paths)
                if not any(os.path.commonpath([r, p]) == r for r in roots if os.path.isabs(p))]
     if outside:
@@ -802,7 +803,8 @@ def split_dataset(data, test_size: float | int = 0.3, *, seed: int = 0, out: str
                   overwrite: bool = False) -> tuple[Dataset, Dataset]:
     """A reproducible train/test split of the labelled clips of ``data`` (any input :func:`load_dataset` reads),
     stratified by label and multi-label aware (iterative stratification: each label keeps about its share on both
-    sides). ``test_size``: a fraction in (0, 1) (a float) or a clip count (an int). Unlabelled clips are left out of both sides.
+    sides). ``test_size``: a fraction in (0, 1) (a float) or a clip count (an int). Unlabelled clips are left
+    out of both sides.
 
     With ``out``, writes ``OUT/train.csv`` and ``OUT/test.csv`` (``fname`` = the dataset's clip id, ``labels``,
     ``subset`` / ``fold`` when the dataset has them, ``path`` = the absolute audio path) and ``OUT/split.json``

@@ -9,7 +9,8 @@ import typer
 from embedtag.cli import app
 
 
-@app.command(epilog="Examples:\n\n  embedtag split ../shared/data/donateacry_cleaned --test-size 0.3 --out splits/cry\n\n"
+@app.command(epilog="Examples:\n\n"
+                    "  embedtag split ../shared/data/donateacry_cleaned --test-size 0.3 --out splits/cry\n\n"
                     "  embedtag extract splits/cry/train.csv --out stores/cry_train\n\n"
                     "  embedtag fit-head stores/cry --labels splits/cry/train.csv --out heads/cry")
 def split(

@@ -150,7 +150,8 @@ class _Acc:
 def _record(acc: _Acc, pooling: str) -> dict:
     d = acc.decoded
     emb, scores = acc.result(pooling)
-    return {"clip_id": d.source.clip_id, "path": safe_text(d.source.path), "duration_s": d.duration_s,
+    return {"clip_id": d.source.clip_id, "path": safe_text(d.source.path),  # valid UTF-8 for the store
+            "duration_s": d.duration_s,
             "sample_rate": d.sample_rate, "channels": d.channels, "n_windows": acc.n, "peak": d.levels.peak,
             "rms_dbfs": d.levels.rms_dbfs, "embedding": emb,
             "audioset_scores": scores, "labels": d.source.labels}
