@@ -114,10 +114,10 @@ def resolve_dataset(data: str | os.PathLike) -> Path:
             elif (p / "meta" / "esc50.csv").is_file():
                 key = "esc50"
         if key is not None:
-            from embedtag.datasets import AUDIO_EXTENSIONS
+            from embedtag.inputs import walk_files
 
             sub = KNOWN_DATASETS[key]["probe"]
-            if not (p / sub).is_dir() or not any(f.suffix.lower() in AUDIO_EXTENSIONS for f in (p / sub).iterdir()):
+            if not (p / sub).is_dir() or not walk_files(p / sub, audio_only=True):
                 raise MissingDatasetError(_missing_message(key, p, f"no audio in {p / sub}"))
         return p
     if key is not None:
@@ -158,23 +158,19 @@ def _guarded(name: str, fn, *args, **kwargs) -> dict:
 def _extract(ds, store_dir: Path, backbone: str, batch_size, device, progress) -> dict:
     from embedtag.embeddings.pipeline import extract
 
-    if ds.layout in ("folder", "folder_per_class"):
-        src = ds.root  # clip ids are the CSV's fname / the path below the root, as the dataset's ids
-    else:
-        src = [p for p in ds.paths if os.path.exists(p)]  # clip ids are file names
-        if not src:
-            raise DataError(f"{ds.root}: none of the {len(ds)} audio files listed exists")
+    # the clips whose audio is there (a subset not downloaded is left out); clip ids are the dataset's ids
+    src = ds.select([i for i, p in enumerate(ds.paths) if os.path.exists(p)])
+    if not len(src):
+        raise DataError(f"{ds.root}: none of the {len(ds)} audio files listed exists")
     summary = extract(src, store_dir, model=backbone, batch_size=batch_size, device=device, progress=progress)
     return {"status": "ok", **summary.as_dict()}
 
 
 def _match(ds, store) -> np.ndarray:
-    """Dataset row of each store clip (by clip id, else by file name), -1 when none."""
-    exact = {c: i for i, c in enumerate(ds.clip_ids)}
-    by_name: dict[str, int] = {}
-    for i, c in enumerate(ds.clip_ids):
-        by_name.setdefault(c.rsplit("/", 1)[-1], i)
-    return np.array([exact.get(c, by_name.get(c.rsplit("/", 1)[-1], -1)) for c in store.clip_ids])
+    """Dataset row of each store clip (:func:`embedtag.inputs.match_clips`), -1 when none."""
+    from embedtag.inputs import match_clips
+
+    return np.array([-1 if i is None else i for i in match_clips(store.clip_ids, ds)], dtype=int)
 
 
 def _confused_pairs(Y: np.ndarray, P: np.ndarray, vocab: list[str]) -> list[dict]:

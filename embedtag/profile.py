@@ -1,6 +1,6 @@
 """Dataset profile: the exploratory look at a labelled audio dataset before any training.
 
-``profile_dataset(path)`` reads the dataset in any layout :func:`embedtag.datasets.load_dataset` knows (or a plain
+``profile_dataset(path)`` reads the dataset in any layout :func:`embedtag.inputs.load_dataset` knows (or a plain
 folder of audio files, unlabelled) and returns a :class:`DatasetProfile`: clip count, durations (with a histogram),
 sample rates, channels, labels per clip, label frequencies per subset (curated / noisy / test when the dataset has
 subsets) and the clips flagged by name as **missing**, **unreadable**, **silent**, **clipped** or **too short**.
@@ -120,36 +120,13 @@ def clip_levels(path: str | os.PathLike, clip_level: float = DEFAULT_CLIP_LEVEL)
     return meter.peak, meter.rms_dbfs, n_clipped / meter.n
 
 
-def _unlabelled_folder(root: Path):
-    """A plain folder of audio files (no labels) as a Dataset."""
-    from embedtag.datasets import AUDIO_EXTENSIONS, Dataset
-
-    files = [f for f in sorted(root.rglob("*")) if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS
-             and not any(p.startswith(".") for p in f.relative_to(root).parts)]
-    if not files:
-        raise DataError(f"{root}: no labelled dataset and no audio files")
-    ids = [f.relative_to(root).as_posix() for f in files]
-    return Dataset(ids, [str(f) for f in files], [None] * len(ids), [], [None] * len(ids), [None] * len(ids),
-                   "audio_folder", str(root))
-
-
 def load_any(path):
-    """A :class:`~embedtag.datasets.Dataset` from any layout ``load_dataset`` reads; a ``fname,labels`` CSV finds
-    its audio in an ``audio/`` folder beside it when there is one (as ``embedtag extract`` does); a plain folder of
-    audio files is an unlabelled dataset."""
-    from embedtag.datasets import Dataset, load_dataset, read_labels_csv
+    """A :class:`~embedtag.inputs.Dataset` from any input :func:`embedtag.inputs.load_dataset` reads (a dataset
+    folder, a label table finding its audio as ``extract`` does, a plain folder of audio files as an unlabelled
+    dataset); listed files must lie inside the dataset folder."""
+    from embedtag.inputs import dataset_for_audio
 
-    if isinstance(path, Dataset):
-        return path
-    p = Path(path)
-    if p.is_file() and p.suffix.lower() == ".csv" and (p.parent / "audio").is_dir():
-        return read_labels_csv(p, audio_dir=p.parent / "audio")
-    try:
-        return load_dataset(p)
-    except DataError:
-        if p.is_dir():
-            return _unlabelled_folder(p)
-        raise
+    return dataset_for_audio(path, require_audio=False)
 
 
 def _histogram(durations: list[float], bins: int) -> dict:
@@ -165,8 +142,8 @@ def profile_dataset(path, *, levels: bool = True, silence_dbfs: float = DEFAULT_
                     clip_level: float = DEFAULT_CLIP_LEVEL, clipped_fraction: float = DEFAULT_CLIPPED_FRACTION,
                     min_duration_s: float = DEFAULT_MIN_DURATION_S, bins: int = 20, workers: int = 2,
                     progress: bool = False) -> DatasetProfile:
-    """Profile the dataset at ``path`` (any layout :func:`~embedtag.datasets.load_dataset` reads, a plain folder of
-    audio files, or a :class:`~embedtag.datasets.Dataset`).
+    """Profile the dataset at ``path`` (any layout :func:`~embedtag.inputs.load_dataset` reads, a plain folder of
+    audio files, or a :class:`~embedtag.inputs.Dataset`).
 
     ``levels``: also decode each clip for the silence (RMS < ``silence_dbfs``) and clipping (at least
     ``clipped_fraction`` of samples at or above ``clip_level``) checks; False reads headers only.

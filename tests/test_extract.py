@@ -16,7 +16,7 @@ import soundfile as sf
 
 from conftest import DATA, REPO, require
 from embedtag.embeddings.pipeline import collect_sources, encode, extract
-from embedtag.errors import AudioError, IncompatibleError
+from embedtag.errors import AudioError, DataError, IncompatibleError
 from embedtag.store import open_store
 
 OFFICE = DATA / "dcase2016_task2_office"
@@ -137,12 +137,14 @@ def test_csv_input_keeps_fname_as_clip_id_and_labels(tmp_path, shared_models):
     csv = tmp_path / "train.csv"
     labels = pd.read_csv(src / "labels.csv").head(12)
     labels.to_csv(csv, index=False)
-    sources = collect_sources(csv)
-    assert sources[0].clip_id == labels.fname[0] and not sources[0].path.startswith(str(src))
+    with pytest.raises(DataError, match="12 of 12 listed audio files do not exist"):
+        collect_sources(csv)  # the audio is not beside the CSV yet: one error, before any work
     audio_dir = tmp_path / "audio"
     audio_dir.mkdir()
     for f in labels.fname:
         os.symlink(src / "audio" / f, audio_dir / f)
+    sources = collect_sources(csv)
+    assert sources[0].clip_id == labels.fname[0] and sources[0].path == str(audio_dir / labels.fname[0])
     extract(csv, tmp_path / "s", model="yamnet-lite", progress=False)
     store = open_store(tmp_path / "s")
     assert store.clip_ids == labels.fname.tolist()

@@ -31,6 +31,8 @@ def extract(
     strict: bool = typer.Option(False, help="Stop at the first unreadable file (exit code 1)."),
     max_duration_s: float = typer.Option(3 * 3600.0, "--max-duration-s", help="Refuse files longer than this."),
     limit: int | None = typer.Option(None, help="Only the first N inputs (for a quick look)."),
+    allow_outside_root: bool = typer.Option(False, "--allow-outside-root",
+                                            help="Accept CSV rows naming files outside the CSV's dataset folder."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Embed audio into an embedding store (Parquet shards + manifest); a rerun resumes where it stopped.
@@ -43,7 +45,8 @@ def extract(
     summary = run_extract([str(s) for s in src] if len(src) > 1 else str(src[0]), out, model=model,
                           labels=labels, weights=weights, device=device, batch_size=batch_size, workers=workers,
                           pooling=pooling, window_s=window_s, scores=scores, strict=strict,
-                          max_duration_s=max_duration_s, limit=limit, progress=not quiet)
+                          max_duration_s=max_duration_s, limit=limit, allow_outside_root=allow_outside_root,
+                          progress=not quiet)
     print_summary(summary)
     if summary.n_failed:
         raise typer.Exit(EXIT_FAILURES)

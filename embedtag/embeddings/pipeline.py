@@ -13,7 +13,6 @@ and a rerun skips every clip already stored or already recorded as failed.
 
 from __future__ import annotations
 
-import csv
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -24,25 +23,13 @@ from pathlib import Path
 import numpy as np
 
 from embedtag.embeddings import audio as A
-from embedtag.errors import AudioError, DataError, EmbedtagError
+from embedtag.errors import AudioError, EmbedtagError
+from embedtag.inputs import ClipSource, read_label_table, resolve_sources, safe_text
 
 POOLINGS = ("mean", "max", "meanmax")
 DEFAULT_WINDOW_S = 10.0
 #: clips with more windows than this are streamed instead of decoded whole
 STREAM_THRESHOLD_WINDOWS = 6
-#: sidecar files of dataset folders that are not audio and not worth an error row
-_SIDECARS = {"labels.csv", "meta.csv", "source.txt", "readme.md", "license", "manifest.json"}
-
-
-@dataclass
-class ClipSource:
-    """One input clip: a file (``path``) or samples in memory (``samples`` at ``sample_rate``)."""
-
-    clip_id: str
-    path: str = ""
-    labels: list[str] | None = None
-    samples: np.ndarray | None = None
-    sample_rate: int | None = None
 
 
 @dataclass
@@ -76,79 +63,9 @@ class ExtractSummary:
 
 
 # ----------------------------------------------------------------------------------------------- inputs
-def collect_sources(src: str | os.PathLike | Sequence[str | os.PathLike],
-                    labels: str | os.PathLike | None = None) -> list[ClipSource]:
-    """Turn ``src`` into clip sources.
-
-    - a dataset folder holding ``labels.csv`` (``fname,labels``) and ``audio/``: the CSV's clips, with labels;
-    - any other directory: every non-hidden file below it, recursively; ``clip_id`` is the path relative to it
-      (non-audio files are kept, so that they are reported as failures rather than silently ignored);
-    - a ``.csv`` file with a ``fname`` column (and optionally ``labels``): files relative to the CSV's folder,
-      or to its ``audio/`` subfolder when there is one;
-    - audio files: ``clip_id`` is the file name.
-
-    ``labels`` (a ``fname,labels`` CSV) attaches or overrides labels by clip_id.
-    """
-    items = [src] if isinstance(src, (str, os.PathLike)) else list(src)
-    if not items:
-        raise DataError("no input given")
-    sources: list[ClipSource] = []
-    for item in items:
-        p = Path(item)
-        if p.is_dir() and (p / "labels.csv").is_file() and (p / "audio").is_dir():
-            sources += _from_csv(p / "labels.csv", p / "audio")
-        elif p.is_dir():
-            for f in sorted(p.rglob("*")):
-                rel = f.relative_to(p)
-                if f.is_file() and not any(part.startswith(".") for part in rel.parts) \
-                        and not (len(rel.parts) == 1 and f.name.lower() in _SIDECARS):
-                    sources.append(ClipSource(rel.as_posix(), str(f)))
-        elif p.suffix.lower() == ".csv" and p.is_file():
-            base = p.parent / "audio" if (p.parent / "audio").is_dir() else p.parent
-            sources += _from_csv(p, base)
-        elif p.exists():
-            sources.append(ClipSource(p.name, str(p)))
-        else:
-            raise DataError(f"input not found: {p}")
-    if labels is not None:
-        table = read_labels_csv(labels)
-        for s in sources:
-            if s.clip_id in table:
-                s.labels = table[s.clip_id]
-    seen: set[str] = set()
-    unique = []
-    for s in sources:
-        if s.clip_id not in seen:
-            seen.add(s.clip_id)
-            unique.append(s)
-    return unique
-
-
-def read_labels_csv(path: str | os.PathLike) -> dict[str, list[str]]:
-    """``fname,labels`` CSV -> {fname: [label, ...]} (labels comma-separated inside one field)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"labels file not found: {path}")
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames or "fname" not in reader.fieldnames:
-            raise DataError(f"{path}: expected a header with a 'fname' column (and 'labels'), got {reader.fieldnames}")
-        has_labels = "labels" in reader.fieldnames
-        return {row["fname"]: _split_labels(row["labels"]) if has_labels else [] for row in reader}
-
-
-def _split_labels(text: str | None) -> list[str]:
-    return [t.strip() for t in (text or "").split(",") if t.strip()]
-
-
-def _from_csv(csv_path: Path, base: Path) -> list[ClipSource]:
-    with csv_path.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames or "fname" not in reader.fieldnames:
-            raise DataError(f"{csv_path}: expected a header with a 'fname' column, got {reader.fieldnames}")
-        has_labels = "labels" in reader.fieldnames
-        return [ClipSource(row["fname"], str(base / row["fname"]),
-                           _split_labels(row["labels"]) if has_labels else None) for row in reader]
+#: inputs are resolved by :mod:`embedtag.inputs`; these names are kept for compatibility
+collect_sources = resolve_sources
+read_labels_csv = read_label_table
 
 
 # ----------------------------------------------------------------------------------------------- engine
@@ -233,7 +150,8 @@ class _Acc:
 def _record(acc: _Acc, pooling: str) -> dict:
     d = acc.decoded
     emb, scores = acc.result(pooling)
-    return {"clip_id": d.source.clip_id, "path": d.source.path, "duration_s": d.duration_s,
+    return {"clip_id": d.source.clip_id, "path": safe_text(d.source.path),  # valid UTF-8 for the store
+            "duration_s": d.duration_s,
             "sample_rate": d.sample_rate, "channels": d.channels, "n_windows": acc.n, "peak": d.levels.peak,
             "rms_dbfs": d.levels.rms_dbfs, "embedding": emb,
             "audioset_scores": scores, "labels": d.source.labels}
@@ -415,17 +333,17 @@ def extract(src, out: str | os.PathLike, model="yamnet", *, labels=None, weights
             batch_size: int | None = None, workers: int | None = None, pooling: str = "mean",
             window_s: float | None = None, scores: bool = True, strict: bool = False,
             max_duration_s: float | None = A.DEFAULT_MAX_DURATION_S, limit: int | None = None,
-            progress: bool = True) -> ExtractSummary:
-    """Embed ``src`` (see :func:`collect_sources`) into the embedding store at ``out``; resumable.
+            allow_outside_root: bool = False, progress: bool = True) -> ExtractSummary:
+    """Embed ``src`` (see :func:`embedtag.inputs.resolve_sources`: files, folders, CSVs, dataset layouts) into the
+    embedding store at ``out``; resumable. ``limit``: only the first N inputs. ``allow_outside_root``: accept CSV
+    rows that point outside the CSV's dataset folder.
 
     Clips already in the store (or already recorded as failed) are skipped. Unreadable files are recorded in
     the store's errors table and the run goes on, unless ``strict`` (then the first one raises AudioError).
     """
     from embedtag.store import EmbeddingStore, StoreManifest
 
-    sources = collect_sources(src, labels)
-    if limit is not None:
-        sources = sources[:limit]
+    sources = resolve_sources(src, labels, exclude=[out], allow_outside_root=allow_outside_root, limit=limit)
     backbone = _load(model, weights, device)
     if pooling not in POOLINGS:
         raise EmbedtagError(f"unknown pooling {pooling!r}; use one of {', '.join(POOLINGS)}")
@@ -450,7 +368,8 @@ def extract(src, out: str | os.PathLike, model="yamnet", *, labels=None, weights
 
     def on_error(s: ClipSource, exc: EmbedtagError) -> None:
         reason = getattr(exc, "reason", None) or str(exc)
-        store.add_errors([{"clip_id": s.clip_id, "path": s.path, "reason": reason, "error_type": type(exc).__name__}])
+        store.add_errors([{"clip_id": safe_text(s.clip_id), "path": safe_text(s.path), "reason": safe_text(reason),
+                           "error_type": type(exc).__name__}])
         summary.n_failed += 1
         summary.failures.append((s.clip_id, reason))
         if strict:

@@ -142,9 +142,10 @@ class FinetunedModel:
     def predict_files(self, inputs, batch_size: int = 32, progress: bool = False):
         """Files or directories -> DataFrame ``fname`` + one column per label (the layout of
         ``embedtag.heads.predict_files``)."""
-        from embedtag.heads.api import _audio_inputs, _frame
+        from embedtag.heads.api import _frame
+        from embedtag.inputs import audio_files
 
-        ids, paths = _audio_inputs(inputs)
+        ids, paths = audio_files(inputs)
         return _frame(ids, self.predict_proba_files(paths, batch_size, progress), self.vocabulary)
 
 

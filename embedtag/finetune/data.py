@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
-from embedtag.datasets import Dataset, load_dataset, read_labels_csv
 from embedtag.errors import DataError
+from embedtag.inputs import Dataset, dataset_for_audio
 
 
 def resolve_dataset(data, labels=None) -> Dataset:
-    """``data`` a dataset folder/CSV (see :func:`embedtag.datasets.load_dataset`) or an already-read Dataset;
-    with ``labels`` (a fname,labels CSV), ``data`` is the audio folder those file names are relative to."""
-    if isinstance(data, Dataset):
-        return data
-    if labels is not None:
-        if os.path.isdir(labels):
-            return load_dataset(labels)
-        return read_labels_csv(labels, audio_dir=data)
-    return load_dataset(data)
+    """``data`` a dataset folder/CSV (see :func:`embedtag.inputs.load_dataset`) or an already-read Dataset;
+    with ``labels`` (a fname,labels CSV), ``data`` is the audio folder those file names are relative to. Listed
+    files outside the dataset folder, or a dataset whose files mostly do not exist, are refused here
+    (:func:`embedtag.inputs.dataset_for_audio`)."""
+    return dataset_for_audio(data, labels=labels)
 
 
 def load_waves(paths, sample_rate: int, progress: bool = False) -> list[np.ndarray]:

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from embedtag.datasets import AUDIO_EXTENSIONS, Dataset, load_dataset, to_multi_hot
 from embedtag.errors import DataError
 from embedtag.heads.base import Head, ParamError
 from embedtag.heads.training import CVResult, cross_validate, noisy_mask, train_head
+from embedtag.inputs import Dataset, audio_files, load_dataset, match_clips, to_multi_hot
 from embedtag.metrics import accuracy, accuracy_multi, lwlrap, lwlrap_per_class, macro_map
 
 
@@ -21,24 +21,6 @@ def _open(store):
     from embedtag.store import EmbeddingStore, open_store
 
     return store if isinstance(store, EmbeddingStore) else open_store(store)
-
-
-def _basename(clip_id: str) -> str:
-    return clip_id.replace("\\", "/").rsplit("/", 1)[-1]
-
-
-def _match(store_ids: list[str], ds: Dataset) -> list[int | None]:
-    """Index into ``ds`` of each store clip: by clip_id, else by file name when that is unambiguous."""
-    exact = {c: i for i, c in enumerate(ds.clip_ids)}
-    by_name: dict[str, int | None] = {}
-    for i, c in enumerate(ds.clip_ids):
-        b = _basename(c)
-        by_name[b] = None if b in by_name else i  # None marks an ambiguous file name
-    out = []
-    for c in store_ids:
-        i = exact.get(c)
-        out.append(i if i is not None else by_name.get(_basename(c)))
-    return out
 
 
 def dataset_folds(store, labels) -> np.ndarray | None:
@@ -49,15 +31,16 @@ def dataset_folds(store, labels) -> np.ndarray | None:
     ds = labels if isinstance(labels, Dataset) else load_dataset(labels)
     if all(f is None for f in ds.folds):
         return None
-    return np.array([None if i is None else ds.folds[i] for i in _match(store.clip_ids, ds)], dtype=object)
+    return np.array([None if i is None else ds.folds[i] for i in match_clips(store.clip_ids, ds)], dtype=object)
 
 
 def labels_for_store(store, labels=None, vocabulary: list[str] | None = None):
     """Match labels to the clips of ``store``.
 
     ``labels``: None (the store's own ``labels`` column), a ``fname,labels`` CSV or any dataset
-    :func:`~embedtag.datasets.load_dataset` reads, or a :class:`Dataset`. A dataset clip matches a store clip by
-    ``clip_id``, else by file name when that is unambiguous. Returns ``(Y, vocabulary, subsets, labelled)``:
+    :func:`~embedtag.inputs.load_dataset` reads, or a :class:`Dataset`. A dataset clip matches a store clip by
+    ``clip_id``, else by file name when that name is unique on both sides (:func:`~embedtag.inputs.match_clips`;
+    a shared name is an error). Returns ``(Y, vocabulary, subsets, labelled)``:
     Y (n_store_clips, n_labels) float32, the ordered vocabulary, each clip's subset (or None), and a mask of the
     store clips that have labels."""
     store = _open(store)
@@ -71,7 +54,7 @@ def labels_for_store(store, labels=None, vocabulary: list[str] | None = None):
     else:
         ds = labels if isinstance(labels, Dataset) else load_dataset(labels, vocabulary)
         vocab = list(vocabulary) if vocabulary is not None else list(ds.vocabulary)
-        match = _match(ids, ds)
+        match = match_clips(ids, ds)
         lists = [None if i is None else ds.labels[i] for i in match]
         subsets = [None if i is None else ds.subsets[i] for i in match]
         if all(lab is None for lab in lists):
@@ -185,27 +168,8 @@ def predict_store(head: Head, store):
     return _frame(store.clip_ids, head.predict_proba(store.embeddings()), head.vocabulary)
 
 
-def _audio_inputs(inputs) -> tuple[list[str], list[str]]:
-    """(clip_ids, paths) of the audio files named or found (recursively) under the directories named."""
-    items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
-    ids, paths = [], []
-    for item in items:
-        p = Path(item)
-        if p.is_dir():
-            for f in sorted(p.rglob("*")):
-                rel = f.relative_to(p)
-                if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS and not any(
-                        part.startswith(".") for part in rel.parts):
-                    ids.append(rel.as_posix())
-                    paths.append(str(f))
-        elif p.is_file():
-            ids.append(p.name)
-            paths.append(str(p))
-        else:
-            raise DataError(f"input not found: {p}")
-    if not paths:
-        raise DataError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) in {', '.join(map(str, items))}")
-    return ids, paths
+#: kept for callers of the old private name; :func:`embedtag.inputs.audio_files` reads audio inputs
+_audio_inputs = audio_files
 
 
 def predict_files(head: Head, inputs, *, batch_size: int | None = None, device: str = "auto",
@@ -216,7 +180,7 @@ def predict_files(head: Head, inputs, *, batch_size: int | None = None, device: 
 
     if not head.backbone:
         raise DataError("this head records no backbone, so audio cannot be embedded for it; predict on a store")
-    ids, paths = _audio_inputs(inputs)
+    ids, paths = audio_files(inputs)
     ext = getattr(head, "extraction", {}) or {}
     X = encode(paths, model=head.backbone, batch_size=batch_size, device=device,
                pooling=ext.get("pooling", "mean"), window_s=ext.get("window_s"), progress=progress)
