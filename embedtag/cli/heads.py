@@ -55,7 +55,7 @@ def fit_head_cmd(
     from rich.table import Table
 
     from embedtag import artifacts
-    from embedtag.heads import fit_head
+    from embedtag.heads import fit_head, make_head
     from embedtag.heads.base import ParamError
 
     params = _parse_params(param)
@@ -66,7 +66,9 @@ def fit_head_cmd(
     modes = {"auto": "auto", "multi": True, "single": False}
     if mode not in modes:
         raise ParamError(f"--mode {mode!r}: expected auto, multi or single")
-    # refuse a store, an index, a run or (without --overwrite) a head in --out before any training
+    # bad parameters (-p C=1e309 parses as inf), then a store, an index, a run or (without --overwrite) a head
+    # in --out: refused before anything is written or trained
+    make_head(head, **params)
     artifacts.prepare_output(out, artifacts.HEAD, overwrite=overwrite)
     fitted, report = fit_head(store, labels, head=head, params=params, noisy_weight=noisy_weight,
                               confidence=confidence, confidence_threshold=confidence_threshold, folds=folds,

@@ -127,6 +127,9 @@ def fit_head(store, labels=None, head: str = "mlp", params: dict | None = None, 
     if not isinstance(multi_label, bool):
         raise ParamError(f"invalid multi_label={multi_label!r}: expected True, False or 'auto'")
     params = dict(params or {})
+    for name, option in (("multi_label", "multi_label= (--mode)"), ("seed", "seed= (--seed)")):
+        if name in params:
+            raise ParamError(f"head parameter {name!r} is set by fit_head's {option}, not in params (-p)")
     make_head(head, **params, multi_label=multi_label, seed=seed)  # validate params before any long work
 
     def make():

@@ -137,8 +137,6 @@ class Head(BaseEstimator):
     ``metrics`` and ``train_clip_ids`` (the clip ids it was trained on; None when unknown)."""
 
     kind: str = ""
-    #: heads score embeddings; a fine-tuned run scores audio
-    scores_audio: bool = False
 
     # provenance: class-level defaults so that __init__ sets parameters only (scikit-learn's rule)
     backbone: str | None = None
@@ -156,13 +154,13 @@ class Head(BaseEstimator):
         """Check every parameter (ParamError naming it). Called by fit(), make_head() and load()."""
         check_param(is_bool(self.multi_label), "multi_label", self.multi_label, "True or False")
         check_param(is_int(self.seed) and self.seed >= 0, "seed", self.seed, "an integer >= 0")
-        for name, value in self.get_params(deep=False).items():
+        self._validate_params()
+        for name, value in self.get_params(deep=False).items():  # what the specific checks let through
             try:
                 json.dumps(_jsonable(value), allow_nan=False)
             except (TypeError, ValueError):
                 raise ParamError(f"invalid {name}={value!r}: expected a finite number, string, bool, list or "
                                  "None") from None
-        self._validate_params()
 
     def _validate_params(self) -> None:
         """Subclass hook: the checks of the subclass's own parameters."""
