@@ -88,6 +88,21 @@ def test_clone_and_params_round_trip(kind, office):
     assert isinstance(head.classes_, np.ndarray) and list(head.classes_) == [f"label_{j}" for j in range(11)]
 
 
+def test_heads_work_inside_scikit_learn_model_selection(office):
+    """The point of the estimator conventions: GridSearchCV clones, sets parameters and refits a head."""
+    from sklearn.model_selection import GridSearchCV, KFold
+
+    from embedtag.metrics import lwlrap
+
+    store, X, Y, vocab = office
+    search = GridSearchCV(LogisticHead(max_iter=100), {"C": [1e-4, 0.1]}, cv=KFold(3, shuffle=True, random_state=0),
+                          scoring=lambda est, X, y: lwlrap(y, est.predict_proba(X))).fit(X, Y, vocabulary=vocab)
+    means = search.cv_results_["mean_test_score"]
+    assert len(means) == 2 and means[0] != means[1] and search.best_score_ == max(means) > 0.8  # C took effect
+    best = search.best_estimator_
+    assert best.C == search.best_params_["C"] and best.vocabulary == vocab and best.max_iter == 100
+
+
 def test_init_only_stores_and_fit_validates():
     X, Y = np.random.default_rng(0).normal(size=(6, 4)), np.eye(3)[[0, 1, 2, 0, 1, 2]]
     bad = LogisticHead(C=-1.0)  # no validation in __init__ (scikit-learn's rule) ...
