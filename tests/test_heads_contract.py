@@ -10,13 +10,13 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import run_cli
 from sklearn.base import clone
 from sklearn.utils import estimator_checks
 
-from conftest import run_cli
 from embedtag import artifacts
 from embedtag.errors import ArtifactError, DataError, ParamError, WrongKindError
-from embedtag.heads import HEADS, Head, LogisticHead, MLPHead, evaluate_head, fit_head, load_head, make_head
+from embedtag.heads import HEADS, LogisticHead, MLPHead, evaluate_head, fit_head, load_head, make_head
 from embedtag.heads.api import labels_for_store
 from embedtag.store import EmbeddingStore, StoreManifest
 
@@ -135,6 +135,19 @@ def test_fit_on_label_lists_equals_fit_on_multi_hot(kind, office):
         assert (back.argmax(1) == ref.argmax(1)).mean() > 0.9
     else:
         np.testing.assert_allclose(back, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_fit_takes_pandas_label_columns(office):
+    import pandas as pd
+
+    store, X, Y, vocab = office
+    ref = make_head("knn", k=5).fit(X, Y, vocabulary=vocab)
+    for y in (pd.DataFrame(Y, columns=vocab), pd.Series(store.labels())):
+        head = make_head("knn", k=5).fit(X, y)
+        assert head.vocabulary == vocab
+        np.testing.assert_array_equal(head.predict_proba(X), ref.predict_proba(X))
+    with pytest.raises(ParamError, match="y must be a 0/1 matrix"):
+        make_head("knn").fit(X[:3], [[1, 0], [0, 1, 1], [1]])
 
 
 def test_label_list_errors_name_the_row():

@@ -7,6 +7,12 @@ Python API (the CLI calls exactly these)::
     head, report = fit_head("store/", labels="labels.csv", head="mlp", folds=5, noisy_weight=0.5)
     head.save("my_head/")                                             # overwrite=True to replace one
     probs = predict_store(load_head("my_head/"), "other_store/")     # DataFrame: fname + one column per label
+
+Each head is a scikit-learn estimator (``clone``, ``get_params``/``set_params``, ``GridSearchCV`` work)::
+
+    from embedtag.heads import LogisticHead
+    head = LogisticHead(C=0.1).fit(X, [["dog"], ["dog", "bark"], None])   # or a multi-hot matrix
+    head.classes_, head.predict_proba(X)                                   # label names, (n, n_labels)
 """
 
 from __future__ import annotations

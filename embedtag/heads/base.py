@@ -201,16 +201,25 @@ class Head(BaseEstimator):
         (one list of label strings, a single string, or None for an unlabelled clip, per row).
 
         ``vocabulary`` names the label columns (and, with label lists, fixes their order and refuses other
-        labels); default: the sorted labels seen (label lists) or ``label_0, label_1, ...`` (a matrix). It
+        labels); default: the sorted labels seen (label lists), a DataFrame's column names, or ``label_0,
+        label_1, ...`` (a matrix). It
         becomes ``classes_``. ``sample_weight`` (n,) scales each clip's loss; ``subset`` (n,) names each clip's
         source (``"curated"``, ``"noisy"``, ...) for heads that treat noisy clips differently;
         ``X_val``/``Y_val`` are used for early stopping where the head supports it."""
         self._validate()
         X = np.ascontiguousarray(X, dtype=np.float32)
+        if hasattr(y, "to_numpy"):  # a pandas Series of label lists, or a DataFrame of 0/1 columns named by label
+            if vocabulary is None and hasattr(y, "columns"):
+                vocabulary = [str(c) for c in y.columns]
+            y = y.to_numpy()
         if _is_label_lists(y):
             Y, vocab = label_lists_to_multi_hot(y, vocabulary)
         else:
-            Y = np.asarray(y, dtype=np.float32)
+            try:
+                Y = np.asarray(y, dtype=np.float32)
+            except (TypeError, ValueError):
+                raise ParamError("fit: y must be a 0/1 matrix (n, n_labels) or label lists (a list of label "
+                                 "strings, a string or None per clip)") from None
             vocab = None if vocabulary is None else [str(v) for v in vocabulary]
         if X.ndim != 2 or Y.ndim != 2 or len(X) != len(Y):
             raise ParamError(f"fit: X must be (n, dim) and y (n, n_labels) or n label lists with the same n; got "
