@@ -297,6 +297,20 @@ def test_missing_files_are_named(missing, saved, tmp_path):
         load_head(h)
 
 
+def test_weights_of_another_save_are_refused(saved, office, tmp_path):
+    """An overwrite interrupted between the weights and config.json must not pass the new weights off under
+    the old vocabulary."""
+    store, X, *_ = office
+    head, out = saved
+    h = tmp_path / "h"
+    shutil.copytree(out, h)
+    other = make_head("logreg").fit(X, [labs[::-1] for labs in store.labels()], vocabulary=head.vocabulary[::-1])
+    other.save(tmp_path / "other")
+    shutil.copy(tmp_path / "other" / "weights.safetensors", h / "weights.safetensors")  # same shapes, other labels
+    with pytest.raises(ArtifactError, match=r"weights.safetensors was not saved together with .*config.json"):
+        load_head(h)
+
+
 def test_an_infinite_parameter_is_refused_before_training(office, tmp_path, capsys):
     store, *_ = office
     out = tmp_path / "h"

@@ -15,7 +15,8 @@ Artifact: a directory ::
       config.json          the common header ({"kind": "head", "format_version", "embedtag_version",
                            "created_at"}), then "head" (logreg, mlp, ...), "params", "multi_label", "n_labels",
                            "vocabulary", "backbone", "embedding_dim", "store_fingerprint", "extraction", "metrics",
-                           "train_clips" (file name and count, when known)
+                           "train_clips" (file name and count, when known), "weights_id" (also in the
+                           weights' metadata: weights and config from two different saves are refused)
       weights.safetensors  arrays (every head)  |  lightgbm/label_XXX.txt (LightGBM text models)
       train_clips.json     the clip ids the head was trained on (kept apart so config.json stays readable)
 
@@ -29,6 +30,7 @@ import json
 import math
 import os
 import types
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -324,10 +326,13 @@ class Head(BaseEstimator):
             "store_fingerprint": self.store_fingerprint, "extraction": _finite(_jsonable(dict(self.extraction))),
             "metrics": _finite(_jsonable(dict(self.metrics))),
         }
+        # weights first, config last, each atomic; the same random id in both lets load() notice weights and a
+        # config from two different saves (an overwrite interrupted half-way) instead of mislabelling scores
+        config["weights_id"] = uuid.uuid4().hex
         written = []
         state = {k: np.ascontiguousarray(v) for k, v in self._state().items()}
         written.append(artifacts.atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(
-            state, tmp, metadata={"format": FORMAT, "kind": self.kind})))
+            state, tmp, metadata={"format": FORMAT, "kind": self.kind, "weights_id": config["weights_id"]})))
         written += self._save_extra(directory)
         if self.train_clip_ids is not None:
             ids = [str(c) for c in self.train_clip_ids]
@@ -342,7 +347,7 @@ class Head(BaseEstimator):
         """Load a head saved by :meth:`save` (any kind when called on ``Head``; that kind when on a subclass).
 
         A hand-edited or damaged config gives one ArtifactError naming the file and the field."""
-        from safetensors import SafetensorError
+        from safetensors import SafetensorError, safe_open
         from safetensors.numpy import load_file
 
         from embedtag.heads import HEADS
@@ -420,7 +425,13 @@ class Head(BaseEstimator):
         weights = directory / WEIGHTS_NAME
         if not weights.is_file():
             raise ArtifactError(f"{weights} is missing (the {kind} head's weights); refit the head")
+        weights_id = field("weights_id", lambda v: isinstance(v, str), "a string", required=False)
         try:
+            if weights_id is not None:
+                with safe_open(str(weights), framework="numpy") as f:
+                    if (f.metadata() or {}).get("weights_id") != weights_id:
+                        raise ArtifactError(f"{weights} was not saved together with {cfg_path} (an interrupted "
+                                            "save?); save or fit the head again")
             state = load_file(str(weights))
         except (SafetensorError, OSError) as exc:
             raise ArtifactError(f"{weights} is corrupt: {exc}") from None
