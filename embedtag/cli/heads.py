@@ -153,7 +153,7 @@ def predict(
 
 @app.command(epilog="Example:\n\n  embedtag evaluate heads/office stores/office_test --labels labels.csv --out eval/")
 def evaluate(
-    head: Path = typer.Argument(..., help="Head directory."),
+    head: Path = typer.Argument(..., help="Head directory (fit-head) or fine-tuned run (finetune)."),
     store: Path = typer.Argument(..., help="Embedding store of labelled clips."),
     labels: Path | None = typer.Option(None, help="fname,labels CSV or dataset folder (default: the store's "
                                                   "labels)."),
@@ -161,7 +161,8 @@ def evaluate(
                                                               "PNG plots."),
     rows: int = typer.Option(30, help="Per-class rows to print (worst first); 0 for all."),
 ) -> None:
-    """Score a head on labelled clips: lwlrap (overall and per class), macro mAP, accuracy; saves plots."""
+    """Score a head or a fine-tuned run on labelled clips: lwlrap (overall and per class), macro mAP, accuracy;
+    saves plots. Warns when some evaluated clips were training clips (in-sample scores)."""
     from rich.console import Console
     from rich.table import Table
 
