@@ -102,7 +102,7 @@ def _heads_step(console, store, out: Path) -> None:
         console.print(f"{kind:>7}: 5-fold lwlrap [bold]{r['cv_lwlrap']:.3f}[/] "
                       f"(label-prior baseline {r['prior_cv_lwlrap']:.3f}{zs}) on {r['n_clips']} clips, "
                       f"{r['n_labels']} labels")
-    head.save(out / "head")
+    head.save(out / "head", overwrite=True)  # the demo replaces its own head on every run
     console.print(f"saved the MLP head to {out / 'head'} (embedtag predict {out / 'head'} <audio or store>)")
 
 

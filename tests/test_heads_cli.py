@@ -33,7 +33,8 @@ def trained(real_store, tmp_path_factory):
 def test_fit_head_writes_an_artifact_with_cv_metrics(trained):
     store, out = trained
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["kind"] == "logreg" and cfg["params"]["C"] == 0.1
+    assert cfg["kind"] == "head" and cfg["head"] == "logreg" and cfg["params"]["C"] == 0.1
+    assert cfg["train_clips"]["n_clips"] == 220 and len(json.loads((out / "train_clips.json").read_text())) == 220
     assert cfg["metrics"]["cv_folds"] == 3
     assert cfg["metrics"]["cv_lwlrap"] > cfg["metrics"]["zero_shot_lwlrap"] > cfg["metrics"]["prior_cv_lwlrap"]
     assert (out / "weights.safetensors").is_file()
@@ -89,10 +90,14 @@ def test_predict_audio_directory_writes_a_kaggle_submission(trained, tmp_path):
 def test_evaluate_prints_and_saves_plots(trained, tmp_path, capsys):
     store, out = trained
     main(["evaluate", str(out), str(store.path), "--out", str(tmp_path / "eval")])
-    text = capsys.readouterr().out
-    assert "lwlrap" in text and "per class" in text and "in-sample" in text  # evaluated on its training store
+    captured = capsys.readouterr()
+    text = captured.out
+    assert "lwlrap" in text and "per class" in text
+    # evaluated on the very clips it was trained on
+    assert "220 of 220 evaluated clips were used to train this head: in-sample scores" in captured.err
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert 0.9 < metrics["lwlrap"] <= 1.0 and metrics["n_clips"] == 220 and "accuracy" in metrics
+    assert metrics["train_overlap"] == 220
     assert len(pd.read_csv(tmp_path / "eval" / "per_class.csv")) == 11
     for png in ("per_class_lwlrap.png", "score_distribution.png"):
         assert (tmp_path / "eval" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -47,13 +47,15 @@ def fit_head_cmd(
     confidence_threshold: float = typer.Option(0.5, "--confidence-threshold", help="With --confidence drop."),
     mode: str = typer.Option("auto", help="auto, multi (sigmoid) or single (softmax)."),
     seed: int = typer.Option(0, min=0),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a head already in --out."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Train a head on a store's embeddings and labels; optionally report cross-validated lwlrap first."""
     from rich.console import Console
     from rich.table import Table
 
-    from embedtag.heads import fit_head
+    from embedtag import artifacts
+    from embedtag.heads import fit_head, make_head
     from embedtag.heads.base import ParamError
 
     params = _parse_params(param)
@@ -64,10 +66,14 @@ def fit_head_cmd(
     modes = {"auto": "auto", "multi": True, "single": False}
     if mode not in modes:
         raise ParamError(f"--mode {mode!r}: expected auto, multi or single")
+    # bad parameters (-p C=1e309 parses as inf), then a store, an index, a run or (without --overwrite) a head
+    # in --out: refused before anything is written or trained
+    make_head(head, **params)
+    artifacts.prepare_output(out, artifacts.HEAD, overwrite=overwrite)
     fitted, report = fit_head(store, labels, head=head, params=params, noisy_weight=noisy_weight,
                               confidence=confidence, confidence_threshold=confidence_threshold, folds=folds,
                               multi_label=modes[mode], seed=seed, progress=not quiet)
-    fitted.save(out)
+    fitted.save(out, overwrite=True)  # --out was checked above
     t = Table(title=f"fit-head {head} → {out}", show_header=False, title_justify="left")
     t.add_row("clips / labels", f"{report.n_clips} / {report.n_labels} "
                                 f"({'multi-label' if report.multi_label else 'single-label'})")
@@ -86,9 +92,14 @@ def fit_head_cmd(
 
 
 def _is_store(p: Path) -> bool:
-    from embedtag.store import MANIFEST_NAME
+    from embedtag import artifacts
+    from embedtag.errors import ArtifactError
 
-    return p.is_dir() and (p / MANIFEST_NAME).is_file()
+    try:
+        info = artifacts.identify(p)
+    except ArtifactError:
+        return False
+    return info is not None and info.kind == artifacts.STORE
 
 
 @app.command(epilog="Examples:\n\n  embedtag predict heads/fsd stores/test --out submission.csv\n\n"
@@ -106,19 +117,18 @@ def predict(
 ) -> None:
     """Predict label probabilities. Default output: the Kaggle submission CSV (fname, one column per label in
     vocabulary order)."""
-    from embedtag.heads import load_head, predict_files, predict_store, top_k as top_k_fn
+    from embedtag.artifacts import load_predictor
+    from embedtag.heads import Head, predict_files, predict_store, top_k as top_k_fn
     from embedtag.heads.base import ParamError
 
     if fmt not in ("csv", "json"):
         raise ParamError(f"--format {fmt!r}: expected csv or json")
-    from embedtag.finetune import is_finetuned, load_finetuned
-
-    if is_finetuned(head):  # a fine-tuned network (embedtag finetune) reads the audio itself
+    h = load_predictor(head, device=device)
+    if not isinstance(h, Head):  # a fine-tuned network (embedtag finetune) reads the audio itself
         if len(inputs) == 1 and _is_store(inputs[0]):
             raise ParamError(f"{head} is a fine-tuned network: give it audio files or folders, not a store")
-        frame = load_finetuned(head, device=device).predict_files([str(p) for p in inputs], progress=not quiet)
+        frame = h.predict_files([str(p) for p in inputs], progress=not quiet)
     else:
-        h = load_head(head)
         if len(inputs) == 1 and _is_store(inputs[0]):
             frame = predict_store(h, inputs[0])
         else:
@@ -143,7 +153,7 @@ def predict(
 
 @app.command(epilog="Example:\n\n  embedtag evaluate heads/office stores/office_test --labels labels.csv --out eval/")
 def evaluate(
-    head: Path = typer.Argument(..., help="Head directory."),
+    head: Path = typer.Argument(..., help="Head directory (fit-head) or fine-tuned run (finetune)."),
     store: Path = typer.Argument(..., help="Embedding store of labelled clips."),
     labels: Path | None = typer.Option(None, help="fname,labels CSV or dataset folder (default: the store's "
                                                   "labels)."),
@@ -151,17 +161,16 @@ def evaluate(
                                                               "PNG plots."),
     rows: int = typer.Option(30, help="Per-class rows to print (worst first); 0 for all."),
 ) -> None:
-    """Score a head on labelled clips: lwlrap (overall and per class), macro mAP, accuracy; saves plots."""
+    """Score a head or a fine-tuned run on labelled clips: lwlrap (overall and per class), macro mAP, accuracy;
+    saves plots. Warns when some evaluated clips were training clips (in-sample scores)."""
     from rich.console import Console
     from rich.table import Table
 
-    from embedtag.heads import evaluate_head, load_head
+    from embedtag.artifacts import load_predictor
+    from embedtag.heads import Head, evaluate_head
     from embedtag.heads.api import plot_evaluation
 
-    from embedtag.finetune import is_finetuned, load_finetuned
-
-    # a fine-tuned run scores the store's clips from their audio paths
-    h = load_finetuned(head) if is_finetuned(head) else load_head(head)
+    h = load_predictor(head)  # a head, or a fine-tuned run (which scores the store's clips from their audio)
     res = evaluate_head(h, store, labels)
     console = Console()
     s = Table(title=f"evaluate {head} on {store} ({res['n_clips']} clips)", show_header=False,
@@ -172,12 +181,12 @@ def evaluate(
         s.add_row("accuracy (top-1)", f"{res['accuracy']:.4f}")
     s.add_row("accuracy_multi @0.5", f"{res['accuracy_multi']:.4f}  (element-wise; inflated by negatives)")
     console.print(s)
-    from embedtag.store import open_store
-
-    fingerprint = getattr(h, "store_fingerprint", None)
-    if fingerprint and fingerprint == open_store(store).fingerprint():
-        console.print("[yellow]note:[/] this is the store the head was trained on, so these are in-sample scores; "
-                      "`embedtag fit-head --folds 5` gives cross-validated ones", highlight=False)
+    if res["train_overlap"]:  # by clip id: held-out clips of the training store are not in-sample
+        what = "head" if isinstance(h, Head) else "fine-tuned run"
+        Console(stderr=True).print(
+            f"[yellow]warning:[/] {res['train_overlap']} of {res['n_clips']} evaluated clips were used to train "
+            f"this {what}: in-sample scores (`embedtag fit-head --folds 5` gives cross-validated ones)",
+            highlight=False, soft_wrap=True)
     table = res["per_class"].sort_values("lwlrap")
     t = Table("label", "clips", "lwlrap", "weight", "AP", title="per class (worst first)", title_justify="left")
     for r in (table if rows == 0 else table.head(rows)).itertuples():
@@ -186,7 +195,7 @@ def evaluate(
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         res["per_class"].to_csv(out / "per_class.csv", index=False)
-        summary = {k: v for k, v in res.items() if k not in ("per_class", "truth", "scores")}
+        summary = {k: v for k, v in res.items() if k not in ("per_class", "truth", "scores", "clip_ids")}
         (out / "metrics.json").write_text(json.dumps(summary, indent=2))
         files = plot_evaluation(res, out)
         console.print(f"wrote {out / 'metrics.json'}, {out / 'per_class.csv'}, " + ", ".join(map(str, files)))

@@ -5,8 +5,14 @@ Python API (the CLI calls exactly these)::
 
     from embedtag.heads import fit_head, predict_store, evaluate_head, load_head
     head, report = fit_head("store/", labels="labels.csv", head="mlp", folds=5, noisy_weight=0.5)
-    head.save("my_head/")
+    head.save("my_head/")                                             # overwrite=True to replace one
     probs = predict_store(load_head("my_head/"), "other_store/")     # DataFrame: fname + one column per label
+
+Each head is a scikit-learn estimator (``clone``, ``get_params``/``set_params``, ``GridSearchCV`` work)::
+
+    from embedtag.heads import LogisticHead
+    head = LogisticHead(C=0.1).fit(X, [["dog"], ["dog", "bark"], None])   # or a multi-hot matrix
+    head.classes_, head.predict_proba(X)                                   # label names, (n, n_labels)
 """
 
 from __future__ import annotations
@@ -28,13 +34,18 @@ HEADS: dict[str, type[Head]] = {
 
 
 def make_head(kind: str, **params) -> Head:
-    """A new, unfitted head of ``kind`` (one of :data:`HEADS`) with validated ``params``."""
+    """A new, unfitted head of ``kind`` (one of :data:`HEADS`) with validated ``params``: unlike the head
+    classes themselves (whose ``__init__`` only stores parameters, as scikit-learn asks), a bad or unknown
+    parameter is a :class:`ParamError` here, before any training."""
     if kind not in HEADS:
         raise ParamError(f"unknown head {kind!r}; choose one of {', '.join(HEADS)}")
-    try:
-        return HEADS[kind](**params)
-    except TypeError as exc:  # an unknown keyword
-        raise ParamError(f"{kind} head: {exc}") from None
+    known = HEADS[kind]._get_param_names()
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise ParamError(f"{kind} head: unknown parameter {unknown[0]!r} (known: {', '.join(known)})")
+    head = HEADS[kind](**params)
+    head._validate()
+    return head
 
 
 def load_head(directory) -> Head:

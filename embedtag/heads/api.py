@@ -110,6 +110,9 @@ def fit_head(store, labels=None, head: str = "mlp", params: dict | None = None, 
     if not isinstance(multi_label, bool):
         raise ParamError(f"invalid multi_label={multi_label!r}: expected True, False or 'auto'")
     params = dict(params or {})
+    for name, option in (("multi_label", "multi_label= (--mode)"), ("seed", "seed= (--seed)")):
+        if name in params:
+            raise ParamError(f"head parameter {name!r} is set by fit_head's {option}, not in params (-p)")
     make_head(head, **params, multi_label=multi_label, seed=seed)  # validate params before any long work
 
     def make():
@@ -141,6 +144,7 @@ def fit_head(store, labels=None, head: str = "mlp", params: dict | None = None, 
     fitted = train_head(make, Xl, Yl, subset=subset_arg, **train_kw)
     report.fit_time_s = time.perf_counter() - start
     fitted.vocabulary = vocab
+    fitted.train_clip_ids = [c for c, keep in zip(store.clip_ids, labelled) if keep]
     fitted.backbone = store.manifest.backbone
     fitted.store_fingerprint = store.fingerprint()
     fitted.extraction = {"pooling": store.manifest.pooling, "window_s": store.manifest.window_s,
@@ -198,32 +202,65 @@ def top_k(frame, k: int) -> list[dict]:
             for i, f in enumerate(frame["fname"])]
 
 
-def evaluate_head(head: Head, store, labels=None) -> dict:
-    """Score ``head`` on the labelled clips of ``store`` (noisy-subset clips excluded): lwlrap, per-class lwlrap
-    with class weights and average precision, macro mAP, ``accuracy_multi`` and, for single-label data, accuracy.
-    ``per_class`` is a DataFrame sorted by vocabulary order."""
+def _labels_in_vocabulary(store, labels, vocabulary: list[str]):
+    """``labels_for_store`` in the predictor's ``vocabulary`` order; a store clip labelled with a label the
+    predictor does not know is a DataError naming that clip."""
+    Y_own, own_vocab, subsets, labelled = labels_for_store(store, labels)
+    index = {lab: j for j, lab in enumerate(vocabulary)}
+    unknown = [j for j, lab in enumerate(own_vocab) if lab not in index and Y_own[:, j].any()]
+    if unknown:
+        j = unknown[0]
+        clip = store.clip_ids[int(np.flatnonzero(Y_own[:, j])[0])]
+        others = f" ({len(unknown) - 1} more unknown labels)" if len(unknown) > 1 else ""
+        raise DataError(f"clip {clip!r} of {store.path} is labelled {own_vocab[j]!r}, which is not in the "
+                        f"predictor's vocabulary of {len(vocabulary)} labels ({', '.join(vocabulary[:5])}"
+                        f"{', ...' if len(vocabulary) > 5 else ''}){others}")
+    Y = np.zeros((len(Y_own), len(vocabulary)), np.float32)
+    for j, lab in enumerate(own_vocab):
+        if lab in index:
+            Y[:, index[lab]] = Y_own[:, j]
+    return Y, subsets, labelled
+
+
+def evaluate_head(predictor, store, labels=None) -> dict:
+    """Score a head or a fine-tuned run on the labelled clips of ``store`` (noisy-subset clips excluded):
+    lwlrap, per-class lwlrap with class weights and average precision, macro mAP, ``accuracy_multi`` and, for
+    single-label data, accuracy. ``per_class`` is a DataFrame sorted by vocabulary order.
+
+    ``train_overlap`` is how many of the evaluated clips the predictor was trained on (by clip id; None when
+    the artifact does not record its training clips): when it is above 0 those scores are in-sample."""
     import pandas as pd
     from sklearn.metrics import average_precision_score
 
     store = _open(store)
-    scores_from_audio = hasattr(head, "predict_proba_store")  # a fine-tuned network scores audio, not embeddings
-    if not scores_from_audio:
-        head.check_store(store)
-    Y, _, subsets, labelled = labels_for_store(store, labels, head.vocabulary)
+    if isinstance(predictor, Head):
+        predictor.check_store(store)
+    else:
+        from embedtag.finetune.artifact import FinetunedModel
+
+        if not isinstance(predictor, FinetunedModel):
+            raise ParamError(f"evaluate_head: expected a head or a fine-tuned run, got {type(predictor).__name__}")
+    vocabulary = list(predictor.vocabulary)
+    Y, subsets, labelled = _labels_in_vocabulary(store, labels, vocabulary)
     keep = labelled & ~noisy_mask(subsets, len(Y))
     if not keep.any():
         raise DataError(f"store {store.path}: no labelled clip to evaluate on")
     Yk = Y[keep]
-    P = head.predict_proba_store(store, rows=keep) if scores_from_audio else \
-        head.predict_proba(store.embeddings()[keep])
+    # a fine-tuned network scores the clips' audio (their paths), a head the store's embeddings
+    P = predictor.predict_proba(store.embeddings()[keep]) if isinstance(predictor, Head) else \
+        predictor.predict_proba_store(store, rows=keep)
+    evaluated = [c for c, k in zip(store.clip_ids, keep) if k]
+    train_ids = getattr(predictor, "train_clip_ids", None)
+    overlap = None if train_ids is None else len(set(evaluated) & set(train_ids))
     per_class, weights = lwlrap_per_class(Yk, P)
     n_pos = Yk.sum(0).astype(int)
     ap = [average_precision_score(Yk[:, j], P[:, j]) if 0 < n_pos[j] < len(Yk) else np.nan
           for j in range(Yk.shape[1])]
-    table = pd.DataFrame({"label": head.vocabulary, "n_clips": n_pos, "lwlrap": per_class, "weight": weights,
+    table = pd.DataFrame({"label": vocabulary, "n_clips": n_pos, "lwlrap": per_class, "weight": weights,
                           "average_precision": ap})
     out = {"n_clips": int(keep.sum()), "lwlrap": lwlrap(Yk, P), "macro_map": macro_map(Yk, P),
-           "accuracy_multi": accuracy_multi(Yk, P), "per_class": table, "truth": Yk, "scores": P}
+           "accuracy_multi": accuracy_multi(Yk, P), "train_overlap": overlap, "per_class": table, "truth": Yk,
+           "scores": P, "clip_ids": evaluated}
     if (Yk.sum(1) == 1).all():
         out["accuracy"] = accuracy(Yk, P)
     return out

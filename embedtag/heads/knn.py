@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from embedtag.heads.base import Head, check_param
+from embedtag.heads.base import Head, check_param, is_bool, is_int, is_number
 
 
 def _normalise(X: np.ndarray) -> np.ndarray:
@@ -22,16 +22,19 @@ class KNNHead(Head):
     better when every embedding shares a large common component, as pooled CNN features do)."""
 
     kind = "knn"
-    _param_names = ("k", "temperature", "center")
 
     def __init__(self, k: int = 10, temperature: float = 0.1, center: bool = True, multi_label: bool = True,
                  seed: int = 0):
         super().__init__(multi_label=multi_label, seed=seed)
-        check_param(isinstance(k, int) and k >= 1, "k", k, "an integer >= 1")
-        check_param(isinstance(temperature, (int, float)) and temperature > 0, "temperature", temperature, "> 0")
-        check_param(isinstance(center, bool), "center", center, "True or False")
-        self.k, self.temperature, self.center = k, float(temperature), center
-        self.index_ = None
+        self.k = k
+        self.temperature = temperature
+        self.center = center
+
+    def _validate_params(self):
+        check_param(is_int(self.k) and self.k >= 1, "k", self.k, "an integer >= 1")
+        check_param(is_number(self.temperature) and self.temperature > 0, "temperature", self.temperature,
+                    "a finite number > 0")
+        check_param(is_bool(self.center), "center", self.center, "True or False")
 
     def _fit(self, X, Y, sample_weight, subset, X_val, Y_val):
         self.mean_ = X.mean(0).astype(np.float32) if self.center else np.zeros(X.shape[1], np.float32)
@@ -47,10 +50,10 @@ class KNNHead(Head):
         self.index_.add(self.vectors_)
 
     def _predict_proba(self, X):
-        k = min(self.k, len(self.vectors_))
+        k = min(int(self.k), len(self.vectors_))
         sims, idx = self.index_.search(_normalise(X - self.mean_), k)
         # subtract each row's best similarity before exp: same weights, no overflow at small temperatures
-        w = np.exp((sims - sims[:, :1]) / self.temperature) * self.weights_[idx]
+        w = np.exp((sims - sims[:, :1]) / float(self.temperature)) * self.weights_[idx]
         votes = np.einsum("nk,nkl->nl", w, self.targets_[idx])
         p = votes / np.maximum(w.sum(1, keepdims=True), 1e-12)
         if not self.multi_label:

@@ -15,48 +15,53 @@ from pathlib import Path
 
 import numpy as np
 
-from embedtag.errors import WeightsError
-from embedtag.heads.base import Head, check_param, sigmoid
+from embedtag.errors import ArtifactError
+from embedtag.heads.base import Head, check_param, is_int, is_number, sigmoid
 
 SUBDIR = "lightgbm"
 
 
 class LightGBMHead(Head):
     kind = "lightgbm"
-    _param_names = ("n_estimators", "learning_rate", "num_leaves", "min_child_samples", "feature_fraction",
-                    "subsample", "max_bin", "n_components", "n_jobs")
 
     def __init__(self, n_estimators: int = 100, learning_rate: float = 0.1, num_leaves: int = 15,
                  min_child_samples: int = 5, feature_fraction: float = 0.5, subsample: float = 1.0,
                  max_bin: int = 63, n_components: int | None = None, n_jobs: int = 1, multi_label: bool = True,
                  seed: int = 0):
         super().__init__(multi_label=multi_label, seed=seed)
-        check_param(isinstance(n_estimators, int) and n_estimators >= 1, "n_estimators", n_estimators, ">= 1")
-        check_param(isinstance(learning_rate, (int, float)) and 0 < learning_rate <= 1, "learning_rate",
-                    learning_rate, "in (0, 1]")
-        check_param(isinstance(num_leaves, int) and num_leaves >= 2, "num_leaves", num_leaves, ">= 2")
-        check_param(isinstance(min_child_samples, int) and min_child_samples >= 1, "min_child_samples",
-                    min_child_samples, ">= 1")
-        check_param(isinstance(feature_fraction, (int, float)) and 0 < feature_fraction <= 1, "feature_fraction",
-                    feature_fraction, "in (0, 1]")
-        check_param(isinstance(subsample, (int, float)) and 0 < subsample <= 1, "subsample", subsample,
+        self.n_estimators = n_estimators
+        self.learning_rate = learning_rate
+        self.num_leaves = num_leaves
+        self.min_child_samples = min_child_samples
+        self.feature_fraction = feature_fraction
+        self.subsample = subsample
+        self.max_bin = max_bin
+        self.n_components = n_components
+        self.n_jobs = n_jobs
+
+    def _validate_params(self):
+        check_param(is_int(self.n_estimators) and self.n_estimators >= 1, "n_estimators", self.n_estimators,
+                    ">= 1")
+        check_param(is_number(self.learning_rate) and 0 < self.learning_rate <= 1, "learning_rate",
+                    self.learning_rate, "in (0, 1]")
+        check_param(is_int(self.num_leaves) and self.num_leaves >= 2, "num_leaves", self.num_leaves, ">= 2")
+        check_param(is_int(self.min_child_samples) and self.min_child_samples >= 1, "min_child_samples",
+                    self.min_child_samples, ">= 1")
+        check_param(is_number(self.feature_fraction) and 0 < self.feature_fraction <= 1, "feature_fraction",
+                    self.feature_fraction, "in (0, 1]")
+        check_param(is_number(self.subsample) and 0 < self.subsample <= 1, "subsample", self.subsample,
                     "in (0, 1] (row bagging per tree)")
-        check_param(isinstance(max_bin, int) and 2 <= max_bin <= 255, "max_bin", max_bin, "in [2, 255]")
-        check_param(n_components is None or (isinstance(n_components, int) and n_components >= 1), "n_components",
-                    n_components, "None or an integer >= 1")
-        check_param(isinstance(n_jobs, int) and n_jobs >= 0, "n_jobs", n_jobs, ">= 0 (0: LightGBM's default)")
-        self.n_estimators, self.learning_rate, self.num_leaves = n_estimators, float(learning_rate), num_leaves
-        self.min_child_samples, self.feature_fraction = min_child_samples, float(feature_fraction)
-        self.subsample = float(subsample)
-        self.max_bin, self.n_jobs, self.n_components = max_bin, n_jobs, n_components
-        self.boosters_: list = []
+        check_param(is_int(self.max_bin) and 2 <= self.max_bin <= 255, "max_bin", self.max_bin, "in [2, 255]")
+        check_param(self.n_components is None or (is_int(self.n_components) and self.n_components >= 1),
+                    "n_components", self.n_components, "None or an integer >= 1")
+        check_param(is_int(self.n_jobs) and self.n_jobs >= 0, "n_jobs", self.n_jobs, ">= 0 (0: LightGBM's default)")
 
     def _params(self) -> dict:
-        return {"objective": "binary", "learning_rate": self.learning_rate, "num_leaves": self.num_leaves,
-                "min_data_in_leaf": self.min_child_samples, "feature_fraction": self.feature_fraction,
-                "bagging_fraction": self.subsample, "bagging_freq": 1 if self.subsample < 1 else 0,
-                "max_bin": self.max_bin, "num_threads": self.n_jobs, "seed": self.seed, "deterministic": True,
-                "verbose": -1}
+        return {"objective": "binary", "learning_rate": float(self.learning_rate), "num_leaves": int(self.num_leaves),
+                "min_data_in_leaf": int(self.min_child_samples), "feature_fraction": float(self.feature_fraction),
+                "bagging_fraction": float(self.subsample), "bagging_freq": 1 if self.subsample < 1 else 0,
+                "max_bin": int(self.max_bin), "num_threads": int(self.n_jobs), "seed": int(self.seed),
+                "deterministic": True, "verbose": -1}
 
     def _fit(self, X, Y, sample_weight, subset, X_val, Y_val):
         # LightGBM warns about numpy views on every call; the copy it asks for would double peak memory
@@ -75,7 +80,7 @@ class LightGBMHead(Head):
         if self.n_components is not None and self.n_components < X.shape[1]:
             from sklearn.decomposition import PCA
 
-            k = min(self.n_components, len(X))
+            k = min(int(self.n_components), len(X))
             pca = PCA(n_components=k, svd_solver="randomized", random_state=self.seed).fit(X)
             self.pca_mean_ = pca.mean_.astype(np.float32)
             self.components_ = pca.components_.astype(np.float32)
@@ -95,7 +100,7 @@ class LightGBMHead(Head):
                 self.boosters_.append(None)
                 continue
             data.set_label(y)
-            self.boosters_.append(lgb.train(params, data, num_boost_round=self.n_estimators))
+            self.boosters_.append(lgb.train(params, data, num_boost_round=int(self.n_estimators)))
 
     def _decision(self, X):
         X = np.ascontiguousarray(self._project(X), dtype=np.float32)
@@ -104,7 +109,7 @@ class LightGBMHead(Head):
             warnings.filterwarnings("ignore", message=".*sliced data.*")
             for j, b in enumerate(self.boosters_):
                 z[:, j] = self.constant_[j] if b is None else b.predict(X, raw_score=True,
-                                                                        num_threads=self.n_jobs)
+                                                                        num_threads=int(self.n_jobs))
         return z
 
     def _predict_proba(self, X):
@@ -120,11 +125,14 @@ class LightGBMHead(Head):
         self.components_ = state.get("pca_components", np.zeros((0, 0), np.float32))
 
     def _save_extra(self, directory: Path):
-        sub = directory / SUBDIR
-        sub.mkdir(exist_ok=True)
+        from embedtag import artifacts
+
+        written = []
         for j, b in enumerate(self.boosters_):
             if b is not None:
-                b.save_model(str(sub / f"label_{j:03d}.txt"))
+                written.append(artifacts.atomic_write(directory / SUBDIR / f"label_{j:03d}.txt",
+                                                      lambda tmp, b=b: b.save_model(tmp)))
+        return written
 
     def _load_extra(self, directory: Path):
         import lightgbm as lgb
@@ -136,8 +144,8 @@ class LightGBMHead(Head):
                 continue
             f = directory / SUBDIR / f"label_{j:03d}.txt"
             if not f.is_file():
-                raise WeightsError(f"{f} is missing (LightGBM model of label {j})")
+                raise ArtifactError(f"{f} is missing (LightGBM model of label {j}); refit the head")
             try:
                 self.boosters_.append(lgb.Booster(model_file=str(f)))
             except lgb.basic.LightGBMError as exc:
-                raise WeightsError(f"{f} is corrupt: {exc}") from None
+                raise ArtifactError(f"{f} is corrupt: {str(exc).splitlines()[0] if str(exc) else exc}") from None

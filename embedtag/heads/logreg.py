@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from embedtag.heads.base import Head, check_param
+from embedtag.heads.base import Head, check_param, is_bool, is_int, is_number
 
 
 class LogisticHead(Head):
@@ -15,18 +15,24 @@ class LogisticHead(Head):
     ``class_weight`` None or "balanced" (per binary problem), ``n_jobs`` for the one-vs-rest loop."""
 
     kind = "logreg"
-    _param_names = ("C", "max_iter", "standardize", "class_weight", "n_jobs")
 
     def __init__(self, C: float = 1.0, max_iter: int = 200, standardize: bool = True,
                  class_weight: str | None = None, n_jobs: int = 1, multi_label: bool = True, seed: int = 0):
         super().__init__(multi_label=multi_label, seed=seed)
-        check_param(isinstance(C, (int, float)) and C > 0, "C", C, "a number > 0")
-        check_param(isinstance(max_iter, int) and max_iter >= 1, "max_iter", max_iter, "an integer >= 1")
-        check_param(isinstance(standardize, bool), "standardize", standardize, "True or False")
-        check_param(class_weight in (None, "balanced"), "class_weight", class_weight, "None or 'balanced'")
-        check_param(isinstance(n_jobs, int) and (n_jobs >= 1 or n_jobs == -1), "n_jobs", n_jobs, "-1 or >= 1")
-        self.C, self.max_iter, self.standardize = float(C), max_iter, standardize
-        self.class_weight, self.n_jobs = class_weight, n_jobs
+        self.C = C
+        self.max_iter = max_iter
+        self.standardize = standardize
+        self.class_weight = class_weight
+        self.n_jobs = n_jobs
+
+    def _validate_params(self):
+        check_param(is_number(self.C) and self.C > 0, "C", self.C, "a finite number > 0")
+        check_param(is_int(self.max_iter) and self.max_iter >= 1, "max_iter", self.max_iter, "an integer >= 1")
+        check_param(is_bool(self.standardize), "standardize", self.standardize, "True or False")
+        check_param(self.class_weight in (None, "balanced"), "class_weight", self.class_weight,
+                    "None or 'balanced'")
+        check_param(is_int(self.n_jobs) and (self.n_jobs >= 1 or self.n_jobs == -1), "n_jobs", self.n_jobs,
+                    "-1 or >= 1")
 
     def _fit(self, X, Y, sample_weight, subset, X_val, Y_val):
         import warnings
@@ -50,8 +56,8 @@ class LogisticHead(Head):
             if y.min() == y.max():
                 p = np.clip(p, 1e-4, 1 - 1e-4)
                 return np.zeros(X.shape[1], np.float32), np.float32(np.log(p / (1 - p)))
-            clf = LogisticRegression(C=self.C, max_iter=self.max_iter, class_weight=self.class_weight,
-                                     random_state=self.seed)
+            clf = LogisticRegression(C=float(self.C), max_iter=int(self.max_iter), class_weight=self.class_weight,
+                                     random_state=int(self.seed))
             clf.fit(Xs, y, sample_weight=sample_weight)
             return clf.coef_[0].astype(np.float32), np.float32(clf.intercept_[0])
 
@@ -81,8 +87,8 @@ class LogisticHead(Head):
                 if len(present) == 1:
                     self.intercept_[present[0]] = 0.0
                 else:
-                    clf = LogisticRegression(C=self.C, max_iter=self.max_iter, class_weight=self.class_weight,
-                                             random_state=self.seed)
+                    clf = LogisticRegression(C=float(self.C), max_iter=int(self.max_iter),
+                                             class_weight=self.class_weight, random_state=int(self.seed))
                     clf.fit(Xs, y, sample_weight=sample_weight)
                     coef, icpt = clf.coef_, clf.intercept_
                     if len(present) == 2:  # sklearn returns one binary row for two classes

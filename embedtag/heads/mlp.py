@@ -14,15 +14,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from embedtag.heads.base import Head, check_param
+from embedtag.heads.base import Head, check_param, is_bool, is_int, is_number
 from embedtag.metrics import lwlrap
 
 
 class MLPHead(Head):
     kind = "mlp"
-    _param_names = ("hidden", "dropout", "batch_norm", "lr", "weight_decay", "epochs", "batch_size", "patience",
-                    "validation_fraction", "min_validation_clips", "label_smoothing", "bootstrap_beta", "device",
-                    "n_threads")
 
     def __init__(self, hidden=(512,), dropout: float = 0.5, batch_norm: bool = False, lr: float = 1e-3,
                  weight_decay: float = 1e-4, epochs: int = 40, batch_size: int = 128, patience: int = 10,
@@ -30,39 +27,52 @@ class MLPHead(Head):
                  bootstrap_beta: float | None = None, device: str = "auto", n_threads: int = 1,
                  multi_label: bool = True, seed: int = 0):
         super().__init__(multi_label=multi_label, seed=seed)
-        hidden = (hidden,) if isinstance(hidden, int) else tuple(hidden)
-        check_param(1 <= len(hidden) <= 2 and all(isinstance(h, int) and h >= 1 for h in hidden), "hidden",
-                    hidden, "one or two layer widths >= 1")
-        check_param(isinstance(dropout, (int, float)) and 0 <= dropout < 1, "dropout", dropout, "in [0, 1)")
-        check_param(isinstance(batch_norm, bool), "batch_norm", batch_norm, "True or False")
-        check_param(isinstance(lr, (int, float)) and lr > 0, "lr", lr, "> 0")
-        check_param(isinstance(weight_decay, (int, float)) and weight_decay >= 0, "weight_decay", weight_decay,
-                    ">= 0")
-        check_param(isinstance(epochs, int) and epochs >= 1, "epochs", epochs, "an integer >= 1")
-        check_param(isinstance(batch_size, int) and batch_size >= 2, "batch_size", batch_size, "an integer >= 2")
-        check_param(isinstance(patience, int) and patience >= 1, "patience", patience, "an integer >= 1")
-        check_param(isinstance(validation_fraction, (int, float)) and 0 <= validation_fraction < 0.5,
-                    "validation_fraction", validation_fraction, "in [0, 0.5)")
-        check_param(isinstance(min_validation_clips, int) and min_validation_clips >= 1, "min_validation_clips",
-                    min_validation_clips, "an integer >= 1")
-        check_param(isinstance(label_smoothing, (int, float)) and 0 <= label_smoothing < 0.5, "label_smoothing",
-                    label_smoothing, "in [0, 0.5)")
-        check_param(bootstrap_beta is None or (isinstance(bootstrap_beta, (int, float)) and 0 < bootstrap_beta <= 1),
-                    "bootstrap_beta", bootstrap_beta, "None or in (0, 1]")
-        check_param(device in ("auto", "cpu", "cuda") or str(device).startswith("cuda:"), "device", device,
-                    "'auto', 'cpu' or 'cuda[:N]'")
-        self.hidden, self.dropout, self.batch_norm = list(hidden), float(dropout), batch_norm
-        self.lr, self.weight_decay, self.epochs = float(lr), float(weight_decay), epochs
-        self.batch_size, self.patience = batch_size, patience
-        self.validation_fraction = float(validation_fraction)
+        self.hidden = hidden
+        self.dropout = dropout
+        self.batch_norm = batch_norm
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.patience = patience
+        self.validation_fraction = validation_fraction
         self.min_validation_clips = min_validation_clips
-        self.label_smoothing = float(label_smoothing)
-        self.bootstrap_beta = None if bootstrap_beta is None else float(bootstrap_beta)
-        check_param(isinstance(n_threads, int) and n_threads >= 0, "n_threads", n_threads,
-                    "an integer >= 0 (0: torch's default)")
+        self.label_smoothing = label_smoothing
+        self.bootstrap_beta = bootstrap_beta
         self.device = device
         self.n_threads = n_threads
-        self.model_ = None
+
+    def _layers(self) -> tuple[int, ...]:
+        """``hidden`` as a tuple of widths (an int is one layer)."""
+        h = self.hidden
+        return (h,) if is_int(h) else tuple(h) if isinstance(h, (list, tuple)) else (h,)
+
+    def _validate_params(self):
+        hidden = self._layers()
+        check_param(1 <= len(hidden) <= 2 and all(is_int(h) and h >= 1 for h in hidden), "hidden", self.hidden,
+                    "one or two layer widths >= 1")
+        check_param(is_number(self.dropout) and 0 <= self.dropout < 1, "dropout", self.dropout, "in [0, 1)")
+        check_param(is_bool(self.batch_norm), "batch_norm", self.batch_norm, "True or False")
+        check_param(is_number(self.lr) and self.lr > 0, "lr", self.lr, "a finite number > 0")
+        check_param(is_number(self.weight_decay) and self.weight_decay >= 0, "weight_decay", self.weight_decay,
+                    "a finite number >= 0")
+        check_param(is_int(self.epochs) and self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
+        check_param(is_int(self.batch_size) and self.batch_size >= 2, "batch_size", self.batch_size,
+                    "an integer >= 2")
+        check_param(is_int(self.patience) and self.patience >= 1, "patience", self.patience, "an integer >= 1")
+        check_param(is_number(self.validation_fraction) and 0 <= self.validation_fraction < 0.5,
+                    "validation_fraction", self.validation_fraction, "in [0, 0.5)")
+        check_param(is_int(self.min_validation_clips) and self.min_validation_clips >= 1, "min_validation_clips",
+                    self.min_validation_clips, "an integer >= 1")
+        check_param(is_number(self.label_smoothing) and 0 <= self.label_smoothing < 0.5, "label_smoothing",
+                    self.label_smoothing, "in [0, 0.5)")
+        check_param(self.bootstrap_beta is None or (is_number(self.bootstrap_beta) and 0 < self.bootstrap_beta <= 1),
+                    "bootstrap_beta", self.bootstrap_beta, "None or in (0, 1]")
+        check_param(isinstance(self.device, str) and (self.device in ("auto", "cpu", "cuda")
+                                                      or self.device.startswith("cuda:")),
+                    "device", self.device, "'auto', 'cpu' or 'cuda[:N]'")
+        check_param(is_int(self.n_threads) and self.n_threads >= 0, "n_threads", self.n_threads,
+                    "an integer >= 0 (0: torch's default)")
 
     # ------------------------------------------------------------------ model
     def _build(self, dim: int, n_labels: int):
@@ -70,12 +80,12 @@ class MLPHead(Head):
 
         layers: list = []
         width = dim
-        for h in self.hidden:
-            layers.append(nn.Linear(width, h))
+        for h in self._layers():
+            layers.append(nn.Linear(width, int(h)))
             if self.batch_norm:
                 layers.append(nn.BatchNorm1d(h))
-            layers += [nn.ReLU(), nn.Dropout(self.dropout)]
-            width = h
+            layers += [nn.ReLU(), nn.Dropout(float(self.dropout))]
+            width = int(h)
         layers.append(nn.Linear(width, n_labels))
         return nn.Sequential(*layers)
 
@@ -94,7 +104,7 @@ class MLPHead(Head):
         # torch's OpenMP pool spinning on shared cores made a 200-clip fit 50x slower than one thread.
         previous = torch.get_num_threads()
         if self.n_threads:
-            torch.set_num_threads(self.n_threads)
+            torch.set_num_threads(int(self.n_threads))
         try:
             self._train(X, Y, sample_weight, subset, X_val, Y_val)
         finally:
@@ -104,7 +114,7 @@ class MLPHead(Head):
         import torch
         import torch.nn.functional as F
 
-        torch.manual_seed(self.seed)
+        torch.manual_seed(int(self.seed))
         rng = np.random.default_rng(self.seed)
         noisy = np.zeros(len(X), bool) if subset is None else (subset == "noisy")
         if X_val is None and self.validation_fraction > 0:
@@ -123,11 +133,11 @@ class MLPHead(Head):
 
         dev = self._torch_device()
         model = self._build(X.shape[1], Y.shape[1]).to(dev)
-        opt = torch.optim.AdamW(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        opt = torch.optim.AdamW(model.parameters(), lr=float(self.lr), weight_decay=float(self.weight_decay))
         mean, scale = torch.from_numpy(self.mean_).to(dev), torch.from_numpy(self.scale_).to(dev)
         Xt = (torch.tensor(X, device=dev) - mean) / scale
         Yt = torch.tensor(Y, device=dev)
-        eps = self.label_smoothing
+        eps = float(self.label_smoothing)
         if eps:
             Yt = Yt * (1 - eps) + eps / (2 if self.multi_label else Y.shape[1])
         Wt = torch.from_numpy(sample_weight).to(dev)
@@ -135,16 +145,17 @@ class MLPHead(Head):
         has_val = X_val is not None and Y_val is not None and (np.asarray(Y_val).sum() > 0)
         if has_val:
             Xv = (torch.tensor(np.asarray(X_val, np.float32), device=dev) - mean) / scale
-        gen = torch.Generator(device="cpu").manual_seed(self.seed)
+        gen = torch.Generator(device="cpu").manual_seed(int(self.seed))
         best, best_state, bad, history = -1.0, None, 0, []
         n = len(Xt)
         # batch norm cannot train on a batch of one: drop a trailing singleton batch
-        for epoch in range(self.epochs):
+        for epoch in range(int(self.epochs)):
             model.train()
             perm = torch.randperm(n, generator=gen).to(dev)
             total = 0.0
-            for start in range(0, n, self.batch_size):
-                idx = perm[start:start + self.batch_size]
+            batch_size = int(self.batch_size)
+            for start in range(0, n, batch_size):
+                idx = perm[start:start + batch_size]
                 if len(idx) < 2 and self.batch_norm:
                     continue
                 logits = model(Xt[idx])
@@ -192,7 +203,7 @@ class MLPHead(Head):
 
         previous = torch.get_num_threads()
         if self.n_threads:
-            torch.set_num_threads(self.n_threads)
+            torch.set_num_threads(int(self.n_threads))
         try:
             self.model_.eval()
             with torch.no_grad():

@@ -10,7 +10,6 @@ from embedtag.heads.base import Head
 
 class PriorHead(Head):
     kind = "prior"
-    _param_names = ()
 
     def _fit(self, X, Y, sample_weight, subset, X_val, Y_val):
         w = sample_weight if sample_weight.sum() > 0 else np.ones(len(Y), np.float32)
