@@ -276,6 +276,13 @@ def test_real_audio_file_query_matches_stored_id_query(office):
         np.testing.assert_allclose([r["score"] for r in f[1:]], [r["score"] for r in i], atol=1e-4)
     # a directory query is every audio file in it
     assert len(index.expand_queries([str(Path(paths[0]).parent)])) == 220
+    # search() takes files, clip ids and vectors in one call, each result named by its query
+    named = index.search_named([paths[0], ids[1], office.embeddings()[0]], k=5)
+    assert [(r.query, r.query_type) for r in named] == [(paths[0], "file"), (ids[1], "clip_id"),
+                                                          ("vector #2", "vector")]
+    assert [h["clip_id"] for h in named[0].neighbours] == [h["clip_id"] for h in by_file[0][:5]]
+    assert named[1].neighbours == by_id[1]
+    assert named[2].neighbours[0]["clip_id"] == office.clip_ids[0]
 
 
 @pytest.mark.parametrize("metric,preprocess", [("cosine", "none"), ("cosine", "center"), ("l2", "none")])
