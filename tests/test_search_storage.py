@@ -322,6 +322,40 @@ with artifacts.lock({str(d)!r}, what="similarity index"):
     assert add_to_index(d, tmp_path / "s", timeout_s=5)[1] == 5
 
 
+def test_full_disk_while_writing_a_version_changes_nothing(tmp_path, monkeypatch):
+    import errno
+
+    make_store(tmp_path / "s", n=40, dim=8)
+    d = tmp_path / "ix"
+    build_index(tmp_path / "s").save(d)
+    make_store(tmp_path / "s", n=10, dim=8, seed=3, start=40)
+    real = SimilarityIndex._write_files
+
+    def full(self, folder):
+        real(self, folder)  # the files are written, then the disk fills up
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(SimilarityIndex, "_write_files", full)
+    with pytest.raises(ArtifactError, match=r"no space left on device while writing .*ix; the index was not "
+                                            r"changed"):
+        add_to_index(d, tmp_path / "s")
+    assert len(load_index(d)) == 40 and _temporaries(d) == [] and _versions(d) == ["v000001"]
+    monkeypatch.undo()
+    assert add_to_index(d, tmp_path / "s")[1] == 10
+
+
+def test_threads_of_one_process_take_turns_too(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    make_store(tmp_path / "base", n=50, dim=8)
+    for i in range(4):
+        make_store(tmp_path / f"s{i}", n=25, dim=8, seed=i + 1, start=1000 * (i + 1))
+    build_index(tmp_path / "base").save(tmp_path / "ix")
+    with ThreadPoolExecutor(4) as pool:
+        added = list(pool.map(lambda i: add_to_index(tmp_path / "ix", tmp_path / f"s{i}")[1], range(4)))
+    assert added == [25] * 4 and len(load_index(tmp_path / "ix")) == 150
+
+
 def test_concurrent_index_add_processes_both_succeed_and_lose_nothing(tmp_path):
     make_store(tmp_path / "base", n=200, dim=16)
     make_store(tmp_path / "b", n=300, dim=16, seed=1, start=1000)

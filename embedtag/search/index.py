@@ -8,7 +8,10 @@ Euclidean distance (lower is closer). The files on disk and how updates stay ato
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
+import threading
 import time
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -136,7 +139,7 @@ def read_manifest(directory: str | os.PathLike) -> IndexManifest:
 
 
 # ---------------------------------------------------------------------------------------------- locking
-_HELD: set[str] = set()
+_HELD = threading.local()  # per thread: another thread of this process must wait for the lock like a process
 
 
 @contextmanager
@@ -144,15 +147,16 @@ def locked(directory: str | os.PathLike, timeout_s: float = LOCK_TIMEOUT_S):
     """Hold the writer lock of the index at ``directory`` (re-entrant within this process): whoever loads,
     changes and saves an index inside it cannot lose another process's update."""
     key = str(Path(directory).resolve())
-    if key in _HELD:
+    held = _HELD.__dict__.setdefault("dirs", set())
+    if key in held:
         yield
         return
     with artifacts.lock(directory, timeout_s=timeout_s, what="similarity index"):
-        _HELD.add(key)
+        held.add(key)
         try:
             yield
         finally:
-            _HELD.discard(key)
+            held.discard(key)
 
 
 # ---------------------------------------------------------------------------------------------- results
@@ -546,10 +550,10 @@ class SimilarityIndex:
             try:
                 name = storage.write_version(d, self._write_files)
             except OSError as exc:
-                if exc.errno in (28, 122):  # ENOSPC, EDQUOT
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                     raise ArtifactError(f"no space left on device while writing {d}; the index was not "
                                         "changed") from None
-                raise
+                raise ArtifactError(f"cannot write {d}: {exc.strerror or exc}; the index was not changed") from None
             self.manifest.n_clips = len(self)
             self.manifest.current = name
             artifacts.atomic_write_json(d / MANIFEST_NAME, self.manifest.to_json())
@@ -565,8 +569,9 @@ class SimilarityIndex:
 
         try:
             faiss.write_index(self.faiss_index, str(folder / FAISS_NAME))
-        except RuntimeError as exc:  # FAISS reports a failed fwrite (full disk) as a RuntimeError
-            raise OSError(28 if "No space" in str(exc) or "fwrite" in str(exc) else 5, str(exc)) from None
+        except RuntimeError as exc:  # FAISS reports a failed write as a RuntimeError, without errno
+            full = shutil.disk_usage(folder).free < (1 << 20)
+            raise OSError(errno.ENOSPC if full else errno.EIO, str(exc).strip().splitlines()[-1]) from None
         table = pa.table({"clip_id": pa.array(self.clip_ids, pa.string()),
                           "path": pa.array(self.paths, pa.string()),
                           "labels": pa.array(self.labels, pa.list_(pa.string()))})

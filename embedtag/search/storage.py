@@ -76,8 +76,10 @@ def clean(directory: Path, keep: set[str]) -> None:
         try:
             if p.is_dir() and VERSION_RE.match(name) and name not in keep:
                 shutil.rmtree(p)
+            elif name.startswith(".tmp-") and p.is_dir():
+                shutil.rmtree(p)
             elif name.startswith(".tmp-"):
-                shutil.rmtree(p) if p.is_dir() else p.unlink()
+                p.unlink()
             elif name in (FAISS_NAME, IDS_NAME, PREPROCESS_NAME) and p.is_file():
                 p.unlink()
         except OSError:
@@ -149,7 +151,8 @@ def _flat_data_offset(metric_type: int) -> int:
 def read_faiss(path: Path):
     """``faiss.read_index`` with the address space capped at twice the file size plus ``READ_SLACK_BYTES``
     (Linux): a size field inside the file that asks for more than that is refused as an allocation failure,
-    not honoured with gigabytes of zeroed memory."""
+    not honoured with gigabytes of zeroed memory. The cap is process-wide while the file is read (a fraction of
+    a second per 100 MB): another thread allocating gigabytes at that moment would fail too."""
     import faiss
 
     try:
