@@ -18,6 +18,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from embedtag import artifacts
 from embedtag.errors import ArtifactError, DataError, IncompatibleError, ParamError, WrongKindError
@@ -429,3 +431,54 @@ def test_sigkill_during_index_add_leaves_the_previous_version_readable(tmp_path)
     assert len(index) == start and len(set(index.clip_ids)) == start
     assert _temporaries(d) == [] and len(_versions(d)) <= 2
     assert killed >= 3  # most adds really were killed mid-way
+
+
+class _Crash(BaseException):
+    """Stands for a kill: nothing after it runs (BaseException, so no handler along the way swallows it)."""
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=st.lists(st.tuples(st.integers(0, 3), st.sampled_from(["none", "writing", "renamed", "switched"])),
+                    min_size=1, max_size=6))
+def test_any_interleaving_of_adds_and_crashes_ends_with_every_clip_exactly_once(tmp_path_factory, ops):
+    """Adds of four stores in any order, each maybe crashing while writing its version, after renaming it, or
+    after switching the manifest: the index always opens with unique ids and agreeing counts, holds exactly the
+    clips of the adds that got past the switch, and one final add per store completes it."""
+    from unittest import mock
+
+    root = tmp_path_factory.mktemp("interleave")
+    make_store(root / "base", n=20, dim=8)
+    for i in range(4):
+        make_store(root / f"s{i}", n=10, dim=8, seed=i + 1, start=100 * (i + 1))
+    d = root / "ix"
+    build_index(root / "base").save(d)
+    want = {f"c{j:05d}" for j in range(20)}
+    real_write = SimilarityIndex._write_files
+
+    def crash_writing(self, folder):
+        real_write(self, folder)
+        (folder / "ids.parquet").write_bytes(b"torn")
+        raise _Crash
+
+    def crash_before_switch(path, obj):
+        raise _Crash
+
+    for store_i, crash in ops:
+        added = {f"c{100 * (store_i + 1) + j:05d}" for j in range(10)}
+        patches = {"writing": mock.patch.object(SimilarityIndex, "_write_files", crash_writing),
+                   "renamed": mock.patch.object(artifacts, "atomic_write_json", crash_before_switch),
+                   "switched": mock.patch.object(storage, "clean", side_effect=_Crash)}
+        try:
+            with patches.get(crash, mock.MagicMock()):
+                add_to_index(d, root / f"s{store_i}")
+        except _Crash:
+            pass
+        if crash in ("none", "switched"):
+            want |= added
+        index = load_index(d)
+        assert set(index.clip_ids) == want and len(index.clip_ids) == len(want) == index.faiss_index.ntotal
+    for i in range(4):
+        add_to_index(d, root / f"s{i}")
+    index = load_index(d)
+    assert len(index) == 60 and len(set(index.clip_ids)) == 60
+    assert _temporaries(d) == [] and len(_versions(d)) <= 2
