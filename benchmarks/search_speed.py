@@ -155,10 +155,7 @@ def run_one(gen: MixtureGenerator, n: int, dim: int, kind: str, args) -> dict:
                                    kind=kind, metric="cosine", preprocess="center", **overrides)
     t_train = time.perf_counter() - t
     t_build += t_train
-    qz = index.preprocessor.transform(queries)
-    from embedtag.search import _finish
-
-    qz = _finish(qz, "cosine")
+    qz = index.transform(queries)
     best_d = np.full((len(queries), k), -np.inf, np.float32)
     best_i = np.full((len(queries), k), -1, np.int64)
     for c in range(n_chunks):
@@ -168,7 +165,7 @@ def run_one(gen: MixtureGenerator, n: int, dim: int, kind: str, args) -> dict:
             first[c] = None
         t_gen += time.perf_counter() - t
         t = time.perf_counter()
-        xz = _finish(index.preprocessor.transform(x), "cosine")
+        xz = index.transform(x)
         d, i = exact_search(xz, qz, k, "cosine")
         best_d, best_i = merge_topk(best_d, best_i, d, i + c * CHUNK, k, True)
         t_exact += time.perf_counter() - t
@@ -196,15 +193,18 @@ def run_one(gen: MixtureGenerator, n: int, dim: int, kind: str, args) -> dict:
         result["sweep"] = sweep(index, queries, best_i, k)
         result["refine_exhaustive_recall_at_k"] = refine_ceiling(index, queries[:200], best_i[:200], k)
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        from embedtag.search import index_files
+
         index.save(tmp)
-        result["faiss_file_mb"] = round(os.path.getsize(Path(tmp) / "index.faiss") / 2**20, 1)
-        result["ids_file_mb"] = round(os.path.getsize(Path(tmp) / "ids.parquet") / 2**20, 1)
+        files = index_files(tmp)
+        result["faiss_file_mb"] = round(os.path.getsize(files["faiss"]) / 2**20, 1)
+        result["ids_file_mb"] = round(os.path.getsize(files["ids"]) / 2**20, 1)
         del index
         gc.collect()
         import faiss
 
         before = rss_mb()
-        loaded = faiss.read_index(str(Path(tmp) / "index.faiss"))
+        loaded = faiss.read_index(str(files["faiss"]))
         result["faiss_in_memory_mb"] = round(rss_mb() - before, 1)
         del loaded
     result["size_vs_flat"] = round(result["faiss_file_mb"] / result["flat_size_mb"], 3)
@@ -215,9 +215,9 @@ def refine_ceiling(index, queries, exact_rows, k) -> float:
     """Recall of an exhaustive search on the re-ranking codes alone: what no shortlist setting can beat."""
     import faiss
 
-    from embedtag.search import _refine_index
+    from embedtag.search import refine_index
 
-    refine = faiss.downcast_index(_refine_index(index.faiss_index).refine_index)
+    refine = faiss.downcast_index(refine_index(index.faiss_index).refine_index)
     q = index.preprocessor.transform(queries)
     q = np.ascontiguousarray(q / np.linalg.norm(q, axis=1, keepdims=True), np.float32)
     outer = faiss.downcast_index(index.faiss_index)

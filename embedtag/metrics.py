@@ -6,16 +6,20 @@ its number of true labels and clips without labels dropped, so every true (clip,
 Ties are resolved the way scikit-learn does it: a label is ranked below every label with an equal score.
 
 All functions take ``truth`` as an (n_clips, n_labels) 0/1 array and ``scores`` as real numbers of the same shape
-(probabilities, logits or any monotone score).
+(probabilities, logits or any monotone score), except :func:`retrieval_metrics`, which scores ranked neighbours
+(similar-sound search).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 
 from embedtag.errors import DataError
 
-__all__ = ["lwlrap", "lwlrap_per_class", "macro_map", "accuracy", "accuracy_multi", "precision_at_k"]
+__all__ = ["lwlrap", "lwlrap_per_class", "macro_map", "accuracy", "accuracy_multi", "precision_at_k",
+           "retrieval_metrics"]
 
 
 def _check(truth, scores) -> tuple[np.ndarray, np.ndarray]:
@@ -111,3 +115,23 @@ def precision_at_k(truth, scores, k: int) -> float:
         raise DataError(f"k must be in [1, {truth.shape[1]}], got {k}")
     top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     return float(np.take_along_axis(truth, top, axis=1).sum(1).mean() / k)
+
+
+def retrieval_metrics(neighbour_labels: list[list[list[str] | None]], query_labels: list[list[str] | None],
+                      n_relevant: Sequence[int], k: int) -> tuple[float, float]:
+    """precision@k and mAP@k of ranked neighbours; a neighbour is relevant when it shares a label with the query
+    (unlabelled neighbours never are). ``n_relevant[i]``: how many clips in the collection are relevant to query i
+    (mAP@k divides by ``min(k, n_relevant[i])``; a query with none scores 0)."""
+    precs, aps = [], []
+    for neigh, ql, n_rel in zip(neighbour_labels, query_labels, n_relevant):
+        qs = set(ql or ())
+        rel = np.array([bool(qs & set(nl or ())) for nl in neigh[:k]] + [False] * (k - len(neigh[:k])))
+        precs.append(rel.mean())
+        if n_rel == 0:
+            aps.append(0.0)
+            continue
+        hits = np.cumsum(rel)
+        aps.append(float((hits / np.arange(1, k + 1) * rel).sum() / min(k, n_rel)))
+    if not precs:
+        raise DataError("retrieval metrics need at least one query")
+    return float(np.mean(precs)), float(np.mean(aps))

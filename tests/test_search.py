@@ -4,12 +4,13 @@ checks, approximate-index recall, and retrieval quality on real YAMNet embedding
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from embedtag.errors import DataError, IncompatibleError, StoreError
+from embedtag.errors import ArtifactError, DataError, IncompatibleError, StoreError
 from embedtag.search import (Preprocessor, SimilarityIndex, build_index, choose_index, evaluate_index,
                              retrieval_metrics)
 from embedtag.store import EmbeddingStore, StoreManifest
@@ -105,11 +106,16 @@ def test_save_load_roundtrip_without_pickle(tmp_path):
     store = make_store(tmp_path / "s", n=120, dim=16)
     index = build_index(store, metric="cosine", preprocess="whiten", whiten_components=8)
     out = index.save(tmp_path / "ix")
-    assert sorted(p.name for p in out.iterdir()) == ["ids.parquet", "index.faiss", "manifest.json",
-                                                     "preprocess.safetensors"]
+    # one version directory, switched in by manifest.json; the lock file is hidden
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["manifest.json", "v000001"]
+    assert sorted(p.name for p in (out / "v000001").iterdir()) == ["ids.parquet", "index.faiss",
+                                                                    "preprocess.safetensors"]
     manifest = json.loads((out / "manifest.json").read_text())
+    # the common artifact header, then the index settings
+    assert manifest["kind"] == "similarity-index" and manifest["format_version"] == 2
+    assert manifest["embedtag_version"] and manifest["created_at"] and manifest["current"] == "v000001"
     assert manifest["backbone"] == "yamnet" and manifest["embedding_dim"] == 16
-    assert manifest["metric"] == "cosine" and manifest["kind"] == "flat"
+    assert manifest["metric"] == "cosine" and manifest["index_kind"] == "flat"
     assert manifest["preprocess"]["kind"] == "whiten" and manifest["preprocess"]["n_components"] == 8
     assert manifest["store_fingerprint"] == store.fingerprint() and manifest["n_clips"] == 120
     loaded = SimilarityIndex.load(out)
@@ -118,8 +124,8 @@ def test_save_load_roundtrip_without_pickle(tmp_path):
     assert loaded.query("c00010", 3)[0][0]["labels"] is not None
     with pytest.raises(StoreError, match="not a similarity index"):
         SimilarityIndex.load(tmp_path / "s")
-    (out / "ids.parquet").unlink()
-    with pytest.raises(StoreError, match="ids.parquet is missing"):
+    (out / "v000001" / "ids.parquet").unlink()
+    with pytest.raises(ArtifactError, match="ids.parquet is missing"):
         SimilarityIndex.load(out)
 
 
@@ -270,6 +276,13 @@ def test_real_audio_file_query_matches_stored_id_query(office):
         np.testing.assert_allclose([r["score"] for r in f[1:]], [r["score"] for r in i], atol=1e-4)
     # a directory query is every audio file in it
     assert len(index.expand_queries([str(Path(paths[0]).parent)])) == 220
+    # search() takes files, clip ids and vectors in one call, each result named by its query
+    named = index.search_named([paths[0], ids[1], office.embeddings()[0]], k=5)
+    assert [(r.query, r.query_type) for r in named] == [(paths[0], "file"), (ids[1], "clip_id"),
+                                                          ("vector #2", "vector")]
+    assert [h["clip_id"] for h in named[0].neighbours] == [h["clip_id"] for h in by_file[0][:5]]
+    assert named[1].neighbours == by_id[1]
+    assert named[2].neighbours[0]["clip_id"] == office.clip_ids[0]
 
 
 @pytest.mark.parametrize("metric,preprocess", [("cosine", "none"), ("cosine", "center"), ("l2", "none")])
@@ -303,11 +316,13 @@ def test_corrupt_or_newer_manifests_of_stores_and_indexes_are_named(tmp_path):
     for folder, opener in ((tmp_path / "s", open_store), (tmp_path / "i", SimilarityIndex.load)):
         manifest = folder / "manifest.json"
         good = manifest.read_text()
-        manifest.write_text(good.replace('"format_version": 1', '"format_version": 99'))
-        with pytest.raises(StoreError, match=f"{folder} was written by a newer embedtag"):
+        newer = re.sub(r'"format_version": \d+', '"format_version": 99', good)
+        assert newer != good
+        manifest.write_text(newer)
+        with pytest.raises(ArtifactError, match=f"{folder} was written by a newer embedtag"):
             opener(folder)
         manifest.write_text(good[: len(good) // 2])
-        with pytest.raises(StoreError, match=f"{manifest} is corrupt"):
+        with pytest.raises(ArtifactError, match=f"{manifest} is corrupt"):
             opener(folder)
         manifest.write_text(good)
         opener(folder)

@@ -22,7 +22,10 @@ def test_build_search_json_add_evaluate(tmp_path, capsys):
     assert code == 0 and "indexed 80 yamnet clips" in out and "kind=flat" in out
     code, out, _ = run_cli(capsys, "search", tmp_path / "ix", "c00001", "c00002", "-k", "4", "--format", "json")
     assert code == 0
-    res = json.loads(out)
+    named = json.loads(out)
+    # each result names its query
+    assert [(r["query"], r["query_type"]) for r in named] == [("c00001", "clip_id"), ("c00002", "clip_id")]
+    res = [r["neighbours"] for r in named]
     assert len(res) == 2 and all(len(r) == 4 for r in res)
     assert all(set(item) == KEYS for r in res for item in r)
     assert [item["rank"] for item in res[0]] == [1, 2, 3, 4]
@@ -60,10 +63,25 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert code == 1 and "backbone: index has 'yamnet', store has 'panns-cnn14'" in err
     code, _, err = run_cli(capsys, "search", tmp_path / "s", "c00001")
     assert code == 1 and "not a similarity index" in err
-    # --out over an existing store is refused rather than overwriting its manifest
-    code, _, err = run_cli(capsys, "index", "build", tmp_path / "s", "--out", tmp_path / "other", "-q")
-    assert code == 1 and "not a similarity index" in err
-    assert json.loads((tmp_path / "other" / "manifest.json").read_text())["backbone"] == "panns-cnn14"
+    # --out over an existing store is refused rather than overwriting its manifest, --overwrite or not
+    for extra in ((), ("--overwrite",)):
+        code, _, err = run_cli(capsys, "index", "build", tmp_path / "s", "--out", tmp_path / "other", "-q", *extra)
+        assert code == 1 and "it is an embedding store" in err and "Traceback" not in err
+        assert json.loads((tmp_path / "other" / "manifest.json").read_text())["backbone"] == "panns-cnn14"
+        assert not (tmp_path / "other" / ".lock").exists()
+    # an existing index is replaced only with --overwrite
+    before = (tmp_path / "ix" / "manifest.json").read_text()
+    code, _, err = run_cli(capsys, "index", "build", tmp_path / "s", "--out", tmp_path / "ix", "-q")
+    assert code == 1 and "already holds a similarity index; pass --overwrite" in err
+    assert (tmp_path / "ix" / "manifest.json").read_text() == before
+    code, out, _ = run_cli(capsys, "index", "build", tmp_path / "s", "--out", tmp_path / "ix", "-q", "--overwrite",
+                           "--metric", "l2")
+    assert code == 0 and "metric=l2" in out
+    assert SimilarityIndex.load(tmp_path / "ix").manifest.metric == "l2"
+    assert sorted(p.name for p in (tmp_path / "ix").iterdir() if p.name.startswith("v")) == ["v000001", "v000002"]
+    # a long string is neither a clip id nor a file: said so, not "File name too long"
+    code, _, err = run_cli(capsys, "search", tmp_path / "ix", "x" * 5000)
+    assert code == 1 and "neither a clip id" in err and "too long" not in err
     code, _, err = run_cli(capsys, "index", "build", tmp_path / "s", "--out", tmp_path / "x", "--kind", "annoy")
     assert code == 2 and "annoy" in err and not (tmp_path / "x").exists()
 
@@ -75,7 +93,7 @@ def test_cli_search_with_real_audio_file(real_store, tmp_path, capsys):
     clip = office.clip_ids[5]
     code, out, _ = run_cli(capsys, "search", tmp_path / "ix", path, clip, "-k", "5", "--format", "json")
     assert code == 0
-    by_file, by_id = json.loads(out)
+    by_file, by_id = (r["neighbours"] for r in json.loads(out))
     assert by_file[0]["clip_id"] == clip and by_file[0]["score"] == pytest.approx(1.0, abs=1e-4)
     assert [r["clip_id"] for r in by_file[1:]] == [r["clip_id"] for r in by_id[:4]]
     assert np.isfinite([r["score"] for r in by_id]).all()

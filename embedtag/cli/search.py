@@ -47,14 +47,18 @@ def build(
     metric: Metric = typer.Option(Metric.cosine, help="cosine (L2-normalise + inner product) or l2."),
     preprocess: Preprocess = typer.Option(Preprocess.none, help="none, center (subtract the store mean) or "
                                                                  "whiten (PCA whitening fitted on the store)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing index at --out."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Build a similarity index over every clip of STORE and save it to --out."""
+    from embedtag import artifacts
     from embedtag.search import build_index
 
+    if out.exists():  # refuse before the build: another kind of artifact, or an index without --overwrite
+        artifacts.prepare_output(out, artifacts.INDEX, overwrite=overwrite)
     index = build_index(store, kind=kind.value, metric=metric.value, preprocess=preprocess.value,
                         progress=not quiet)
-    index.save(out)
+    index.save(out, overwrite=overwrite)
     m = index.manifest
     typer.echo(f"indexed {len(index)} {m.backbone} clips ({m.embedding_dim}-d) into {out}: kind={m.kind} "
                f"({m.factory}), metric={m.metric}, preprocess={m.preprocess['kind']}, {m.build_time_s:.1f} s")
@@ -66,13 +70,12 @@ def add(
     store: Path = typer.Argument(..., help="Embedding store with new clips (same backbone and settings)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """Add the clips of STORE that INDEX does not hold yet, without a rebuild."""
-    from embedtag.search import SimilarityIndex
-    from embedtag.store import open_store
+    """Add the clips of STORE that INDEX does not hold yet, without a rebuild.
 
-    index = SimilarityIndex.load(index_dir)
-    n = index.add_from_store(open_store(store), progress=not quiet)
-    index.save(index_dir)
+    Safe to run concurrently: writers of one index take turns, and an interrupted add leaves the index as it was."""
+    from embedtag.search import add_to_index
+
+    index, n = add_to_index(index_dir, store, progress=not quiet)
     typer.echo(f"added {n} clips to {index_dir} (now {len(index)})")
 
 
@@ -121,26 +124,27 @@ def search(
     queries: list[str] = typer.Argument(..., metavar="QUERY...", help="Stored clip ids, audio files or "
                                                                       "directories of audio files."),
     k: int = typer.Option(10, "-k", min=1, help="Neighbours per query."),
-    fmt: Format = typer.Option(Format.table, "--format", help="table, or json: a list with, per query, a list of "
-                                                              "{rank, score, clip_id, path, labels}."),
+    fmt: Format = typer.Option(Format.table, "--format", help="table, or json: a list with, per query, {query, "
+                                                              "query_type, neighbours: [{rank, score, clip_id, "
+                                                              "path, labels}]}."),
     device: str = typer.Option("auto", help="Device for embedding audio queries: auto, cpu, cuda."),
 ) -> None:
     """Find the indexed clips nearest to each QUERY (a stored clip id skips itself in its results)."""
     from embedtag.search import SimilarityIndex
 
     index = SimilarityIndex.load(index_dir)
-    names = index.expand_queries(queries)
-    results = index.query(queries, k, device=device, progress=False)
+    results = index.search_named(queries, k, device=device, progress=False)
     if fmt == Format.json:
-        typer.echo(json.dumps(results, indent=1))
+        typer.echo(json.dumps([r.to_dict() for r in results], indent=1))
         return
     from rich.console import Console
     from rich.table import Table
 
     score_name = "cosine" if index.manifest.metric == "cosine" else "distance"
     console = Console()
-    for name, res in zip(names, results):
-        t = Table("rank", score_name, "clip id", "path", "labels", title=f"nearest to {name}", title_justify="left")
-        for r in res:
+    for res in results:
+        t = Table("rank", score_name, "clip id", "path", "labels", title=f"nearest to {res.query}",
+                  title_justify="left")
+        for r in res.neighbours:
             t.add_row(str(r["rank"]), f"{r['score']:.4f}", r["clip_id"], r["path"], ", ".join(r["labels"] or []))
         console.print(t)
