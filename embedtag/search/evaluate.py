@@ -49,7 +49,7 @@ def evaluate_index(index: SimilarityIndex, labels: dict[str, list[str] | None] |
     elif isinstance(labels, dict):
         by_id = labels
     else:
-        from embedtag.datasets import read_labels_csv
+        from embedtag.inputs import read_labels_csv
 
         by_id = read_labels_csv(labels).labels_by_id()
     all_labels = [by_id.get(c) for c in index.clip_ids]

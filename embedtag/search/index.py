@@ -438,8 +438,6 @@ class SimilarityIndex:
 
     def _resolve(self, queries) -> list[tuple[str, str, np.ndarray | None]]:
         """(type, name, vector or None) per query, in order; ``type`` is clip_id, file or vector."""
-        from embedtag.embeddings.audio import is_audio_path
-
         if _is_vector_batch(queries) or isinstance(queries, (str, os.PathLike)):
             queries = [queries]
         if not isinstance(queries, (list, tuple)):
@@ -467,10 +465,9 @@ class SimilarityIndex:
             except (OSError, ValueError):  # a name too long for the file system, an embedded NUL...
                 is_dir = is_file = False
             if is_dir:
-                found = sorted(str(f) for f in p.rglob("*") if f.is_file() and is_audio_path(f))
-                if not found:
-                    raise DataError(f"{p}: directory holds no audio files")
-                out.extend(("file", f, None) for f in found)
+                from embedtag.inputs import audio_files  # the one owner of folder walking
+
+                out.extend(("file", f, None) for f in audio_files(p)[1])
             elif is_file:
                 out.append(("file", s, None))
             else:
