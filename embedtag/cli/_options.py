@@ -39,6 +39,18 @@ QUIET = typer.Option(False, "--quiet", "-q", help="No progress bars or info line
 VERBOSE = typer.Option(False, "--verbose", "-v", help="Debug messages from the embedtag logger on stderr.")
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is now (tests and notebooks swap it), not the one seen at creation."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
     """Route the ``embedtag`` logger to stderr: DEBUG with ``-v``, WARNING with ``-q``, INFO otherwise.
     ``-q`` and ``-v`` together are a usage error (exit 2)."""
@@ -46,13 +58,11 @@ def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
         raise typer.BadParameter("-q/--quiet and -v/--verbose exclude each other")
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     log.setLevel(level)
-    handler = next((h for h in log.handlers if getattr(h, "_embedtag_cli", False)), None)
-    if handler is None:
-        handler = logging.StreamHandler()
-        handler._embedtag_cli = True  # ours to replace: reruns in one process (tests) add no second handler
+    handler = next((h for h in log.handlers if isinstance(h, _StderrHandler)), None)
+    if handler is None:  # one handler however often a process runs commands (tests)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(levelname).1s %(name)s: %(message)s"))
         log.addHandler(handler)
-    handler.setStream(sys.stderr)  # the current stderr (pytest swaps it per test)
     handler.setLevel(level)
 
 
