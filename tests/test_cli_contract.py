@@ -7,6 +7,7 @@ top-level package lists its public API."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -216,18 +217,18 @@ def test_hidden_aliases_still_work(office, capsys):
 
 @pytest.mark.parametrize("argv", [["--help"], ["extract", "--help"], ["predict", "--help"]])
 def test_help_imports_no_heavy_library(argv):
-    code = ("import sys\nfrom embedtag.cli import main\ntry:\n    main(%r)\nexcept SystemExit:\n    pass\n"
-            "print('HEAVY', [m for m in %r if m in sys.modules], file=sys.stderr)" % (argv, HEAVY))
+    code = (f"import sys\nfrom embedtag.cli import main\ntry:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
+            f"print('HEAVY', [m for m in {HEAVY!r} if m in sys.modules], file=sys.stderr)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
-                       env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
     assert "Usage" in r.stdout
     assert "HEAVY []" in r.stderr, r.stderr[-500:]
 
 
 def test_top_level_api_is_listed_documented_and_lazy():
-    code = ("import sys, embedtag; print([m for m in %r if m in sys.modules]); print(dir(embedtag))" % (HEAVY,))
+    code = f"import sys, embedtag; print([m for m in {HEAVY!r} if m in sys.modules]); print(dir(embedtag))"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO,
-                       env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
     heavy, listed = r.stdout.strip().splitlines()
     assert heavy == "[]"
     import embedtag

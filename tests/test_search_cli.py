@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-
 from embedtag.search import SimilarityIndex, build_index
 from test_search import make_store
 

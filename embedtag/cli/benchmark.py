@@ -113,7 +113,8 @@ def profile_cmd(
         print_profile(p)
 
 
-@app.command("benchmark", epilog="Examples:\n\n  embedtag benchmark ../shared/data/dcase2016_task2_office --out reports/office"
+@app.command("benchmark", epilog="Examples:\n\n  embedtag benchmark ../shared/data/dcase2016_task2_office "
+                                 "--out reports/office"
                                  "\n\n  embedtag benchmark fsdkaggle2019 --heads logreg,mlp --folds 5 --out reports/fsd"
                                  "\n\n  embedtag benchmark ESC-50-master --model panns-cnn14 --out reports/esc50")
 def benchmark_cmd(

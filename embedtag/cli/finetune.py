@@ -17,7 +17,6 @@ from embedtag.cli._options import (
     TableJson,
     device_option,
     format_option,
-    info,
     model_option,
     setup_logging,
     write_output,

@@ -61,7 +61,8 @@ def _parse_params(items: list[str]) -> dict:
     return out
 
 
-@app.command("fit-head", epilog="Examples:\n\n  embedtag fit-head stores/office --head mlp --folds 5 --out heads/office\n\n"
+@app.command("fit-head", epilog="Examples:\n\n  embedtag fit-head stores/office --head mlp --folds 5 "
+                                "--out heads/office\n\n"
                                 "  embedtag fit-head stores/fsd --labels FSDKaggle2019/ --head mlp --noisy-weight 0.3 "
                                 "--bootstrap-beta 0.7 --out heads/fsd\n\n"
                                 "  embedtag fit-head stores/x --labels labels.csv --head logreg -p C=0.1 --out heads/x "
@@ -151,10 +152,9 @@ def predict(
     """Predict label probabilities of every clip, to stdout or --out."""
     setup_logging(quiet, verbose)
     from embedtag.errors import ParamError
+    from embedtag.finetune import is_finetuned, load_finetuned
     from embedtag.heads import load_head, predict_files, predict_store
     from embedtag.heads import top_k as top_k_fn
-
-    from embedtag.finetune import is_finetuned, load_finetuned
 
     if is_finetuned(head):  # a fine-tuned network (embedtag finetune) reads the audio itself
         if len(inputs) == 1 and _is_store(inputs[0]):
