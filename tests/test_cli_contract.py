@@ -134,6 +134,18 @@ def test_library_errors_are_one_line_exit_1_and_verbose_adds_the_traceback(tmp_p
     assert code == 1 and "expected KEY=VALUE" in err and "Traceback" not in err
 
 
+def test_an_unexpected_exception_is_still_one_line(tmp_path, capsys, monkeypatch):
+    import embedtag.store
+
+    def broken(path):
+        raise ValueError("boom")
+
+    monkeypatch.setattr(embedtag.store, "open_store", broken)
+    code, _, err = run_cli(capsys, "info", tmp_path)
+    assert code == 1 and "unexpected ValueError: boom" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
 def test_models_json_lists_every_backbone_and_stars_the_default(capsys):
     from embedtag.embeddings.registry import list_backbones
 
@@ -204,6 +216,17 @@ def test_search_names_each_query_and_writes_to_stdout_or_a_file(office, tmp_path
     assert rows[1].startswith(f"{clip},1,") and rows[1].split(",")[3] == res[1]["results"][0]["clip_id"]
     code, out, _ = run_cli(capsys, "search", ix, clip, "-k", "3", "--out", tmp_path / "n.txt")
     assert code == 0 and out == "" and f"nearest to {clip}" in (tmp_path / "n.txt").read_text()
+
+
+def test_info_and_evaluate_speak_json(office, capsys):
+    store, head, _ = office
+    code, out, _ = run_cli(capsys, "info", store.path, "--format", "json")
+    info = json.loads(out)
+    assert code == 0 and info["n_clips"] == 220 and info["n_labelled"] == 220 and info["n_failed"] == 0
+    assert info["manifest"]["backbone"] == "yamnet-lite" and info["manifest"]["embedding_dim"] == 1024
+    code, out, _ = run_cli(capsys, "evaluate", head, store.path, "--format", "json")
+    ev = json.loads(out)
+    assert code == 0 and ev["n_clips"] == 220 and 0.9 < ev["lwlrap"] <= 1.0 and len(ev["per_class"]) == 11
 
 
 def test_hidden_aliases_still_work(office, capsys):

@@ -51,7 +51,8 @@ for _name in _COMMAND_MODULES:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: run the app, turning EmbedtagError into one line on stderr and exit code 1."""
+    """Console entry point: run the app; an error is one line on stderr and exit code 1 (``-v`` adds the
+    traceback). Usage errors (a bad option or value) are Typer's: the usage, the choices, exit code 2."""
     from embedtag.errors import EmbedtagError
 
     # TensorFlow's C++ logging drowns the progress bars; users can still raise it.
@@ -60,11 +61,19 @@ def main(argv: list[str] | None = None) -> None:
         # standalone mode: Typer prints usage errors and turns typer.Exit / Ctrl-C into exit codes itself
         app(args=argv)
     except EmbedtagError as exc:
-        import logging
+        _fail(str(exc))
+    except OSError as exc:  # a file the user named: missing, unreadable, a full disk
+        _fail(str(exc))
+    except Exception as exc:  # a bug: still one line for the user, the traceback with -v
+        _fail(f"unexpected {type(exc).__name__}: {exc} (a bug in embedtag: please report it; -v shows the "
+              "traceback)")
 
-        from rich.console import Console
 
-        logging.getLogger("embedtag").debug("traceback of the error below (shown with -v)", exc_info=True)
+def _fail(message: str) -> None:
+    import logging
 
-        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(1)
+    from rich.console import Console
+
+    logging.getLogger("embedtag").debug("traceback of the error below (shown with -v)", exc_info=True)
+    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    sys.exit(1)

@@ -19,6 +19,7 @@ from embedtag.cli._options import (
     device_option,
     format_option,
     info,
+    log,
     setup_logging,
     top_k_option,
     write_output,
@@ -98,6 +99,7 @@ def fit_head_cmd(
 
     head = head.value
     params = _parse_params(param)
+    log.debug("fit-head %s on %s (labels %s), params %s, noisy_weight %s", head, store, labels, params, noisy_weight)
     if bootstrap_beta is not None:
         params["bootstrap_beta"] = bootstrap_beta
     if label_smoothing is not None:
@@ -156,6 +158,7 @@ def predict(
     from embedtag.heads import load_head, predict_files, predict_store
     from embedtag.heads import top_k as top_k_fn
 
+    log.debug("predict with %s on %d input(s), device %s", head, len(inputs), device)
     if is_finetuned(head):  # a fine-tuned network (embedtag finetune) reads the audio itself
         if len(inputs) == 1 and _is_store(inputs[0]):
             raise ParamError(f"{head} is a fine-tuned network: give it audio files or folders, not a store")

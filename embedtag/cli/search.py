@@ -19,6 +19,7 @@ from embedtag.cli._options import (
     device_option,
     format_option,
     info,
+    log,
     setup_logging,
     top_k_option,
     write_output,
@@ -155,6 +156,7 @@ def search(
 
     index = SimilarityIndex.load(index_dir)
     names = index.expand_queries(queries)
+    log.debug("%d queries against %s (%d clips, %s)", len(names), index_dir, len(index), index.manifest.kind)
     results = index.query(queries, k, device=device, progress=False)
     if fmt == Format.json:
         write_output(json.dumps([{"query": name, "results": res} for name, res in zip(names, results)], indent=1),
