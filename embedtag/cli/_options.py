@@ -2,18 +2,25 @@
 
 In a command::
 
-    from embedtag.cli._options import QUIET, VERBOSE, Format, format_option, info, model_option, setup_logging
+    from embedtag.cli._options import (OUT_STDOUT, QUIET, VERBOSE, Format, device_option, format_option, info,
+                                       model_option, resolve_model, setup_logging, top_k_option, write_output)
 
-    @app.command(epilog="Example:\\n\\n  embedtag mycmd stores/x --format json")
+    @app.command(epilog="Example:\n\n  embedtag mycmd stores/x --format json")   # an example is required
     def mycmd(store: Path = typer.Argument(...),
-              model: str = model_option(),                    # --model/-m (hidden alias --backbone, see below)
-              fmt: Format = format_option(Format.table),      # --format table|json|csv
+              model: str | None = model_option(),             # --model/-m; None: the registry's default
+              k: int = top_k_option(5, "Neighbours per query."),      # -k/--top-k
+              fmt: Format = format_option(Format.table),      # --format table|json|csv (TableJson, CsvJson: subsets)
               out: str = OUT_STDOUT,                          # --out/-o, "-" (the default) is stdout
+              device: str = device_option(),                  # --device auto|cpu|cuda|cuda:N
               quiet: bool = QUIET, verbose: bool = VERBOSE):  # -q/--quiet, -v/--verbose: on EVERY command
         setup_logging(quiet, verbose)                         # first line of the body
-        ...
+        model = resolve_model(model)
+        ...                                                   # heavy imports (pandas, torch...) here, not above
         write_output(text_or_frame, out)                      # results: stdout or --out
         info(f"wrote {out}", quiet)                           # a line for a person: stderr, hidden by -q
+
+An artifact written to a directory keeps a required ``--out/-o`` (no default directory); ``--overwrite`` replaces
+one of the same kind. tests/test_cli_contract.py checks every registered command against these rules.
 
 Rules: results go to stdout (or ``--out``), everything for a person (progress, "wrote X") to stderr, so
 ``embedtag predict ... --out - | ...`` stays clean. A bad option value is a usage error (exit 2, choices listed);
