@@ -181,7 +181,7 @@ def test_cli_finetune_from_labels_csv(tiny_dataset, tmp_path, capsys):
     run = tmp_path / "run"
     args = ["finetune", str(OFFICE / "audio"), "--labels", str(labels), "--folds", "0", "--stages", "curated",
             "--epochs", "1", "--batch-size", "4", "--crop-s", "1", "-p", "tta_crops=1", "--out", str(run), "-q",
-            "--device", "cpu", "--threads", "1"]
+            "--device", "cpu", "--threads", "1", "--format", "json"]
     with pytest.raises(SystemExit) as exc:
         main(args)
     assert exc.value.code == 0

@@ -108,7 +108,7 @@ def test_fsdkaggle2019_metadata_per_subset_without_audio(shared_data):
 
 def test_cli_profile_json_and_table(flawed_dataset, capsys):
     root, _ = flawed_dataset
-    code, out, _ = run_cli(capsys, "profile", root, "--json")
+    code, out, _ = run_cli(capsys, "profile", root, "--format", "json")
     assert code == 0
     d = json.loads(out)
     assert d["flag_counts"] == {"missing": 1, "unreadable": 1, "silent": 1, "clipped": 1, "too_short": 1}

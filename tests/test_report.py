@@ -156,7 +156,7 @@ def test_benchmark_known_dataset_missing_then_present(tmp_path, capsys, monkeypa
     assert not re.search(r'src="https?:', page) and "<link" not in page  # no external resources
 
     # a second benchmark of another backbone into the same folder is refused before it overwrites anything
-    code, _, err = run_cli(capsys, "benchmark", "esc50", "--out", rep, "--backbone", "efficientat-mn04", "-q")
+    code, _, err = run_cli(capsys, "benchmark", "esc50", "--out", rep, "--model", "efficientat-mn04", "-q")
     assert code == 1 and "holds a benchmark of yamnet" in err and (rep / "report.md").read_text() == md
 
     probe, shot = open_in_chromium(rep / "report.html", tmp_path)
@@ -197,7 +197,7 @@ def test_benchmark_fsdkaggle2019_layout_every_strategy_and_test_set(tmp_path, ca
     each noisy-label strategy, noisy clips only train, test clips are only scored after training, and the result is
     ranked among the FSDKaggle2019 references with the warning that pretrained models were not allowed."""
     n_cur, n_noisy, n_test = make_fsdkaggle2019_layout(tmp_path / "fsd")
-    code, _, err = run_cli(capsys, "benchmark", tmp_path / "fsd", "--out", tmp_path / "rep", "--backbone",
+    code, _, err = run_cli(capsys, "benchmark", tmp_path / "fsd", "--out", tmp_path / "rep", "--model",
                        "efficientat-mn04", "--heads", "logreg", "--folds", "3", "-q", "--no-levels")
     assert code == 0, err
     r = json.loads((tmp_path / "rep" / "results.json").read_text())

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-
 from embedtag.search import SimilarityIndex, build_index
 from test_search import make_store
 
@@ -17,15 +16,14 @@ KEYS = {"rank", "score", "clip_id", "path", "labels"}
 
 def test_build_search_json_add_evaluate(tmp_path, capsys):
     store = make_store(tmp_path / "s", n=80, dim=16)
-    code, out, _ = run_cli(capsys, "index", "build", tmp_path / "s", "--out", tmp_path / "ix", "--preprocess", "center",
-                       "-q")
-    assert code == 0 and "indexed 80 yamnet clips" in out and "kind=flat" in out
+    code, _, err = run_cli(capsys, "index", "build", tmp_path / "s", "--out", tmp_path / "ix", "--preprocess", "center")
+    assert code == 0 and "indexed 80 yamnet clips" in err and "kind=flat" in err  # a line for a person: stderr
     code, out, _ = run_cli(capsys, "search", tmp_path / "ix", "c00001", "c00002", "-k", "4", "--format", "json")
     assert code == 0
     named = json.loads(out)
     # each result names its query
     assert [(r["query"], r["query_type"]) for r in named] == [("c00001", "clip_id"), ("c00002", "clip_id")]
-    res = [r["neighbours"] for r in named]
+    res = [r["results"] for r in named]
     assert len(res) == 2 and all(len(r) == 4 for r in res)
     assert all(set(item) == KEYS for r in res for item in r)
     assert [item["rank"] for item in res[0]] == [1, 2, 3, 4]
@@ -39,13 +37,14 @@ def test_build_search_json_add_evaluate(tmp_path, capsys):
     assert code == 0 and "nearest to c00001" in out and "clip id" in out
 
     make_store(tmp_path / "s", n=20, dim=16, seed=3, start=80)
-    code, out, _ = run_cli(capsys, "index", "add", tmp_path / "ix", tmp_path / "s", "-q")
-    assert code == 0 and "added 20 clips" in out and "now 100" in out
+    code, _, err = run_cli(capsys, "index", "add", tmp_path / "ix", tmp_path / "s")
+    assert code == 0 and "added 20 clips" in err and "now 100" in err
     assert len(SimilarityIndex.load(tmp_path / "ix")) == 100
 
     labels = tmp_path / "labels.csv"
     labels.write_text("fname,labels\n" + "".join(f"c{i:05d},{'odd' if i % 2 else 'even'}\n" for i in range(100)))
-    code, out, _ = run_cli(capsys, "index", "evaluate", tmp_path / "ix", "--labels", labels, "-k", "5", "--json")
+    code, out, _ = run_cli(capsys, "index", "evaluate", tmp_path / "ix", "--labels", labels, "-k", "5", "--format",
+                           "json")
     ev = json.loads(out)
     assert code == 0 and ev["n_queries"] == 100 and ev["k"] == 5
     assert ev["chance_precision"] == pytest.approx(49 / 99)
@@ -93,7 +92,7 @@ def test_cli_search_with_real_audio_file(real_store, tmp_path, capsys):
     clip = office.clip_ids[5]
     code, out, _ = run_cli(capsys, "search", tmp_path / "ix", path, clip, "-k", "5", "--format", "json")
     assert code == 0
-    by_file, by_id = (r["neighbours"] for r in json.loads(out))
+    by_file, by_id = (r["results"] for r in json.loads(out))
     assert by_file[0]["clip_id"] == clip and by_file[0]["score"] == pytest.approx(1.0, abs=1e-4)
     assert [r["clip_id"] for r in by_file[1:]] == [r["clip_id"] for r in by_id[:4]]
     assert np.isfinite([r["score"] for r in by_id]).all()

@@ -1,18 +1,24 @@
 """The ``embedtag`` command line: a thin Typer layer over the Python API.
 
-Each stage owns a module here that adds its commands to ``app``; errors the library raises on purpose
-(:class:`~embedtag.errors.EmbedtagError`) are printed as one readable line, not a traceback.
+Each stage owns a module here that adds its commands to ``app``, with the shared options of
+:mod:`embedtag.cli._options` (``--model``, ``--format``, ``-k/--top-k``, ``-q``, ``-v``, ``--out -``). Errors the
+library raises on purpose (:class:`~embedtag.errors.EmbedtagError`) are printed as one readable line with exit
+code 1; a bad option is a usage error with exit code 2. Command modules import only typer at import time (heavy
+libraries inside the command bodies), so that ``embedtag --help`` is fast.
 """
 
 from __future__ import annotations
 
-import importlib
+import importlib.util
 import os
 import sys
 
 import typer
 
 from embedtag import __version__
+from embedtag.cli._options import tidy_help
+
+tidy_help()
 
 app = typer.Typer(
     name="embedtag",
@@ -23,8 +29,8 @@ app = typer.Typer(
     add_completion=False,
 )
 
-# Command modules; each defines its commands on ``app`` when imported.
-_COMMAND_MODULES = ["extract", "heads", "search", "finetune", "benchmark", "split"]
+# Command modules; each defines its commands on ``app`` when imported (a module that is not there is skipped).
+_COMMAND_MODULES = ["extract", "heads", "search", "finetune", "benchmark", "split", "store", "serve"]
 
 
 def _version_callback(value: bool) -> None:
@@ -45,7 +51,8 @@ for _name in _COMMAND_MODULES:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: run the app, turning EmbedtagError into one line on stderr and exit code 1."""
+    """Console entry point: run the app; an error is one line on stderr and exit code 1 (``-v`` adds the
+    traceback). Usage errors (a bad option or value) are Typer's: the usage, the choices, exit code 2."""
     from embedtag.errors import EmbedtagError
 
     # TensorFlow's C++ logging drowns the progress bars; users can still raise it.
@@ -54,7 +61,19 @@ def main(argv: list[str] | None = None) -> None:
         # standalone mode: Typer prints usage errors and turns typer.Exit / Ctrl-C into exit codes itself
         app(args=argv)
     except EmbedtagError as exc:
-        from rich.console import Console
+        _fail(str(exc))
+    except OSError as exc:  # a file the user named: missing, unreadable, a full disk
+        _fail(str(exc))
+    except Exception as exc:  # a bug: still one line for the user, the traceback with -v
+        _fail(f"unexpected {type(exc).__name__}: {exc} (a bug in embedtag: please report it; -v shows the "
+              "traceback)")
 
-        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(1)
+
+def _fail(message: str) -> None:
+    import logging
+
+    from rich.console import Console
+
+    logging.getLogger("embedtag").debug("traceback of the error below (shown with -v)", exc_info=True)
+    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    sys.exit(1)

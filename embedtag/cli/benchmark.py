@@ -10,6 +10,19 @@ from pathlib import Path
 import typer
 
 from embedtag.cli import app
+from embedtag.cli._options import (
+    BACKBONE_ALIAS,
+    JSON_ALIAS,
+    QUIET,
+    VERBOSE,
+    TableJson,
+    device_option,
+    format_option,
+    model_option,
+    resolve_model,
+    setup_logging,
+    write_output,
+)
 
 
 def print_profile(profile, console=None, max_flags: int = 30, max_labels: int = 40) -> None:
@@ -65,11 +78,11 @@ def print_profile(profile, console=None, max_flags: int = 30, max_labels: int = 
             ft.add_row(f.clip_id, f.kind, f.detail)
         console.print(ft)
         if len(p.flags) > max_flags:
-            console.print(f"... and {len(p.flags) - max_flags} more (use --json for all)")
+            console.print(f"... and {len(p.flags) - max_flags} more (use --format json for all)")
 
 
 @app.command("profile", epilog="Examples:\n\n  embedtag profile ../shared/data/dcase2016_task2_office\n\n"
-                               "  embedtag profile FSDKaggle2019/ --no-levels --json > profile.json")
+                               "  embedtag profile FSDKaggle2019/ --no-levels --format json > profile.json")
 def profile_cmd(
     data: Path = typer.Argument(..., help="Dataset folder (labels.csv + audio/, FSDKaggle2019, ESC-50, folder per "
                                           "class), a fname,labels CSV, or a folder of audio files."),
@@ -81,29 +94,36 @@ def profile_cmd(
                                            help="Share of clipped samples that flags a clip."),
     min_duration_s: float = typer.Option(0.25, "--min-duration-s", help="Clips shorter than this are too short."),
     workers: int = typer.Option(2, min=1, help="Decoding threads."),
-    as_json: bool = typer.Option(False, "--json", help="Print the profile as JSON (every flagged clip)."),
+    fmt: TableJson = format_option(TableJson.table, "table, or json (every flagged clip)."),
+    as_json: bool = JSON_ALIAS,
+    quiet: bool = QUIET,
+    verbose: bool = VERBOSE,
 ) -> None:
     """Profile a dataset: clips, durations, sample rates, channels, labels, flagged clips."""
+    setup_logging(quiet, verbose)
     from embedtag.profile import profile_dataset
 
+    as_json = as_json or fmt == TableJson.json
     p = profile_dataset(data, levels=levels, silence_dbfs=silence_dbfs, clip_level=clip_level,
                         clipped_fraction=clipped_fraction, min_duration_s=min_duration_s, workers=workers,
-                        progress=not as_json and sys.stderr.isatty())
+                        progress=not quiet and not as_json and sys.stderr.isatty())
     if as_json:
-        typer.echo(json.dumps(p.as_dict(), indent=2))
+        write_output(json.dumps(p.as_dict(), indent=2), "-")
     else:
         print_profile(p)
 
 
-@app.command("benchmark", epilog="Examples:\n\n  embedtag benchmark ../shared/data/dcase2016_task2_office --out reports/office"
+@app.command("benchmark", epilog="Examples:\n\n  embedtag benchmark ../shared/data/dcase2016_task2_office "
+                                 "--out reports/office"
                                  "\n\n  embedtag benchmark fsdkaggle2019 --heads logreg,mlp --folds 5 --out reports/fsd"
-                                 "\n\n  embedtag benchmark ESC-50-master --backbone panns-cnn14 --out reports/esc50")
+                                 "\n\n  embedtag benchmark ESC-50-master --model panns-cnn14 --out reports/esc50")
 def benchmark_cmd(
     data: str = typer.Argument(..., help="Dataset folder (any layout `embedtag profile` reads) or a known dataset "
                                          "name: fsdkaggle2019, esc50 (looked up under $EMBEDTAG_DATA)."),
     out: Path = typer.Option(..., "--out", "-o", help="Report folder: report.md, report.html, PNGs, results.json, "
                                                       "store/."),
-    backbone: str = typer.Option("yamnet", help="Backbone (see `embedtag models`)."),
+    model: str | None = model_option(),
+    backbone: str | None = BACKBONE_ALIAS,
     heads: str = typer.Option("logreg,mlp", help="Comma-separated heads: logreg, mlp, lightgbm, knn, prior."),
     folds: int = typer.Option(5, min=2, help="Cross-validation folds (a dataset's own folds win, e.g. ESC-50)."),
     finetune: bool = typer.Option(False, "--finetune", help="Also fine-tune a CNN end to end (embedtag.finetune; "
@@ -111,20 +131,24 @@ def benchmark_cmd(
     finetune_epochs: int | None = typer.Option(None, "--finetune-epochs", min=1,
                                                help="Fine-tuning epochs per stage (default: embedtag.finetune's)."),
     seed: int = typer.Option(0, min=0, help="Seed of folds and heads."),
-    batch_size: int | None = typer.Option(None, "--batch-size", help="Extraction batch size (default: backbone's)."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda, mps."),
+    batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Extraction batch size (default: "
+                                                                            "backbone's)."),
+    device: str = device_option(),
     levels: bool = typer.Option(True, "--levels/--no-levels", help="Profile: decode clips for silence/clipping."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    quiet: bool = QUIET,
+    verbose: bool = VERBOSE,
 ) -> None:
     """Run profile, extract, cross-validated heads (each noisy-label strategy), retrieval and throughput on a
     dataset, and write a report beside published references."""
+    setup_logging(quiet, verbose)
     from rich.console import Console
     from rich.table import Table
 
     from embedtag.benchmark import run_benchmark
 
+    backbone = resolve_model(model, backbone)
     # rebuilt from the parsed options (not sys.argv), so the report shows every setting, defaults included
-    command = " ".join(["embedtag benchmark", shlex.quote(str(data)), "--out", shlex.quote(str(out)), "--backbone",
+    command = " ".join(["embedtag benchmark", shlex.quote(str(data)), "--out", shlex.quote(str(out)), "--model",
                         backbone, "--heads", heads, "--folds", str(folds), "--seed", str(seed)]
                        + (["--finetune"] if finetune else [])
                        + (["--finetune-epochs", str(finetune_epochs)] if finetune_epochs else [])

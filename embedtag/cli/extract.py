@@ -2,49 +2,73 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 
 import typer
 
 from embedtag.cli import app
+from embedtag.cli._options import (
+    QUIET,
+    VERBOSE,
+    Format,
+    TableJson,
+    device_option,
+    format_option,
+    log,
+    model_option,
+    resolve_model,
+    setup_logging,
+    write_output,
+)
 
 EXIT_FAILURES = 3  # the run finished but some files were recorded as failed
 
 
-@app.command(epilog="Examples:\n\n  embedtag extract ../shared/data/dcase2016_task2_office --model yamnet --out stores/office\n\n"
+class Pooling(str, Enum):
+    mean = "mean"
+    max = "max"
+    meanmax = "meanmax"
+
+
+@app.command(epilog="Examples:\n\n  embedtag extract ../shared/data/dcase2016_task2_office --out stores/office\n\n"
                     "  embedtag extract train_curated.csv --model panns-cnn14 --out stores/curated --batch-size 32\n\n"
-                    "  embedtag extract clips/ --model yamnet-lite --out stores/clips --pooling meanmax")
+                    "  embedtag extract clips/ -m yamnet-lite --out stores/clips --pooling meanmax -q")
 def extract(
     src: list[Path] = typer.Argument(..., help="Audio directory (recursive), a dataset folder (labels.csv + audio/), "
                                                "a CSV with fname[,labels], or audio files."),
     out: Path = typer.Option(..., "--out", "-o", help="Embedding store directory (created, or resumed)."),
-    model: str = typer.Option("yamnet", "--model", "-m", help="Backbone name; see `embedtag models`."),
+    model: str | None = model_option(),
     weights: Path | None = typer.Option(None, help="Weights file/dir to use instead of the mirror or cache."),
     labels: Path | None = typer.Option(None, help="fname,labels CSV attaching labels by clip_id."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    device: str = device_option(),
     batch_size: int | None = typer.Option(None, "--batch-size", "-b", min=1, help="Windows per model call "
                                                                                   "(default: the backbone's)."),
     workers: int | None = typer.Option(None, min=1, help="Decoding threads (default: CPUs - 1, at most 4)."),
-    pooling: str = typer.Option("mean", help="Pooling of window embeddings: mean, max or meanmax."),
+    pooling: Pooling = typer.Option(Pooling.mean, help="Pooling of window embeddings."),
     window_s: float = typer.Option(10.0, "--window-s", min=0.1, help="Clips longer than this are cut into windows."),
     scores: bool = typer.Option(True, "--scores/--no-scores", help="Keep the AudioSet class scores."),
-    strict: bool = typer.Option(False, help="Stop at the first unreadable file (exit code 1)."),
+    strict: bool = typer.Option(False, "--strict", help="Stop at the first unreadable file (exit code 1)."),
     max_duration_s: float = typer.Option(3 * 3600.0, "--max-duration-s", help="Refuse files longer than this."),
     limit: int | None = typer.Option(None, help="Only the first N inputs (for a quick look)."),
     allow_outside_root: bool = typer.Option(False, "--allow-outside-root",
                                             help="Accept CSV rows naming files outside the CSV's dataset folder."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    quiet: bool = QUIET,
+    verbose: bool = VERBOSE,
 ) -> None:
     """Embed audio into an embedding store (Parquet shards + manifest); a rerun resumes where it stopped.
 
     Unreadable files are listed with their reason and the run goes on. Exit code: 0 all stored,
-    3 finished with failures recorded, 1 error (or the first bad file with --strict).
+    3 finished with failures recorded, 1 error (or the first bad file with --strict), 2 a bad option.
     """
+    setup_logging(quiet, verbose)
     from embedtag.embeddings.pipeline import extract as run_extract
 
+    model = resolve_model(model)
+    log.debug("extract %s -> %s with %s on %s", [str(s) for s in src], out, model, device)
     summary = run_extract([str(s) for s in src] if len(src) > 1 else str(src[0]), out, model=model,
                           labels=labels, weights=weights, device=device, batch_size=batch_size, workers=workers,
-                          pooling=pooling, window_s=window_s, scores=scores, strict=strict,
+                          pooling=pooling.value, window_s=window_s, scores=scores, strict=strict,
                           max_duration_s=max_duration_s, limit=limit, allow_outside_root=allow_outside_root,
                           progress=not quiet)
     print_summary(summary)
@@ -71,35 +95,67 @@ def print_summary(summary) -> None:
         console.print(f"  ... and {len(summary.failures) - 20} more (see the store's errors/ table)")
 
 
-@app.command()
-def models() -> None:
+@app.command(epilog="Examples:\n\n  embedtag models\n\n  embedtag models --format json")
+def models(fmt: Format = format_option(Format.table, "table, json or csv: one row per backbone."),
+           quiet: bool = QUIET, verbose: bool = VERBOSE) -> None:
     """List the backbones: embedding dim, sample rate, classes, and whether their weights are present."""
-    from rich.console import Console
-    from rich.table import Table
-
+    setup_logging(quiet, verbose)
+    from embedtag.embeddings import registry
     from embedtag.embeddings.registry import list_backbones
     from embedtag.embeddings.weights import candidates, find
 
-    t = Table("name", "dim", "rate", "classes", "weights", "description")
-    missing = []
+    default = getattr(registry, "DEFAULT_MODEL", "yamnet")
+    rows = []
     for spec in list_backbones():
-        found = find(spec.weights)
-        if not found:
-            missing.append(spec)
-        t.add_row(spec.name, str(spec.embedding_dim), f"{spec.sample_rate // 1000} kHz", str(spec.n_classes),
-                  "[green]present[/]" if found else "[yellow]missing[/]", spec.description)
+        rows.append({"name": spec.name, "default": spec.name == default, "embedding_dim": spec.embedding_dim,
+                     "sample_rate": spec.sample_rate, "n_classes": spec.n_classes,
+                     "weights_present": bool(find(spec.weights)), "description": spec.description})
+    if fmt != Format.table:
+        write_output(_records(rows, fmt), "-")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table("name", "dim", "rate", "classes", "weights", "description", caption="* the default of --model")
+    for r in rows:
+        t.add_row(r["name"] + (" *" if r["default"] else ""), str(r["embedding_dim"]),
+                  f"{r['sample_rate'] // 1000} kHz", str(r["n_classes"]),
+                  "[green]present[/]" if r["weights_present"] else "[yellow]missing[/]", r["description"])
     console = Console()
     console.print(t)
-    for spec in missing:
-        console.print(f"[yellow]{spec.name}[/]: {spec.weights.family}/{spec.weights.relpath} is fetched on first use "
-                      f"into {candidates(spec.weights)[-1].parent}, or put it there (or under EMBEDTAG_WEIGHTS_DIR)",
-                      highlight=False)
+    if quiet:
+        return
+    for spec in list_backbones():
+        if not find(spec.weights):
+            console.print(f"[yellow]{spec.name}[/]: {spec.weights.family}/{spec.weights.relpath} is fetched on first "
+                          f"use into {candidates(spec.weights)[-1].parent}, or put it there (or under "
+                          "EMBEDTAG_WEIGHTS_DIR)", highlight=False)
 
 
-@app.command()
+def _records(rows: list[dict], fmt) -> str:
+    """A list of flat dicts as JSON (a list of objects) or CSV (one row each)."""
+    import json
+
+    if fmt == Format.json:
+        return json.dumps(rows, indent=1)
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else [])
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+@app.command(epilog="Examples:\n\n  embedtag info stores/office\n\n  embedtag info stores/office --errors\n\n"
+                    "  embedtag info stores/office --format json")
 def info(store: Path = typer.Argument(..., help="An embedding store directory."),
-         errors: bool = typer.Option(False, "--errors", help="List every failed file with its reason.")) -> None:
+         errors: bool = typer.Option(False, "--errors", help="List every failed file with its reason."),
+         fmt: TableJson = format_option(TableJson.table, "table, or json (the manifest and counts)."),
+         quiet: bool = QUIET, verbose: bool = VERBOSE) -> None:
     """Describe an embedding store: backbone, dimension, pooling, clips, hours of audio, labels, failures."""
+    setup_logging(quiet, verbose)
     from rich.console import Console
     from rich.table import Table
 
@@ -110,6 +166,17 @@ def info(store: Path = typer.Argument(..., help="An embedding store directory.")
     df = s.to_pandas(["clip_id", "duration_s", "labels"])
     errs = s.errors()
     labelled = int(df["labels"].map(lambda v: v is not None and len(v) > 0).sum()) if len(df) else 0
+    if fmt == TableJson.json:
+        import json
+        from dataclasses import asdict
+
+        manifest = {k: v for k, v in asdict(m).items() if k != "class_names"}
+        write_output(json.dumps({"store": str(store), "manifest": manifest, "n_clips": len(df),
+                                 "n_labelled": labelled, "audio_s": float(df["duration_s"].sum()),
+                                 "n_failed": len(errs),
+                                 **({"errors": errs[["clip_id", "reason"]].to_dict("records")} if errors else {})},
+                                indent=1, default=str), "-")
+        return
     t = Table(title=str(store), show_header=False, title_justify="left")
     t.add_row("backbone", f"{m.backbone}  (weights sha256 {str(m.weights_sha256)[:12]}…)")
     t.add_row("embedding", f"{m.embedding_dim}-d, pooling {m.pooling}, window {m.window_s:g} s, {m.sample_rate} Hz")

@@ -3,16 +3,52 @@
 from __future__ import annotations
 
 import json
+from enum import Enum
 from pathlib import Path
 
 import typer
 
 from embedtag.cli import app
+from embedtag.cli._options import (
+    NOISY_WEIGHT,
+    OUT_STDOUT,
+    QUIET,
+    VERBOSE,
+    CsvJson,
+    TableJson,
+    device_option,
+    format_option,
+    info,
+    log,
+    setup_logging,
+    top_k_option,
+    write_output,
+)
+
+
+class HeadKind(str, Enum):
+    # the keys of embedtag.heads.HEADS, listed here so that --help does not import the heads (torch, sklearn)
+    mlp = "mlp"
+    logreg = "logreg"
+    lightgbm = "lightgbm"
+    knn = "knn"
+    prior = "prior"
+
+
+class Confidence(str, Enum):
+    weight = "weight"
+    drop = "drop"
+
+
+class Mode(str, Enum):
+    auto = "auto"
+    multi = "multi"
+    single = "single"
 
 
 def _parse_params(items: list[str]) -> dict:
     """``["hidden=[256,256]", "dropout=0.5"]`` -> dict; values are JSON where they parse, else strings."""
-    from embedtag.heads.base import ParamError
+    from embedtag.errors import ParamError
 
     out = {}
     for item in items or []:
@@ -26,54 +62,63 @@ def _parse_params(items: list[str]) -> dict:
     return out
 
 
-@app.command("fit-head", epilog="Examples:\n\n  embedtag fit-head stores/office --head mlp --folds 5 --out heads/office\n\n"
+@app.command("fit-head", epilog="Examples:\n\n  embedtag fit-head stores/office --head mlp --folds 5 "
+                                "--out heads/office\n\n"
                                 "  embedtag fit-head stores/fsd --labels FSDKaggle2019/ --head mlp --noisy-weight 0.3 "
                                 "--bootstrap-beta 0.7 --out heads/fsd\n\n"
-                                "  embedtag fit-head stores/x --labels labels.csv --head logreg -p C=0.1 --out heads/x")
+                                "  embedtag fit-head stores/x --labels labels.csv --head logreg -p C=0.1 --out heads/x "
+                                "--format json")
 def fit_head_cmd(
     store: Path = typer.Argument(..., help="Embedding store (from `embedtag extract`)."),
     out: Path = typer.Option(..., "--out", "-o", help="Head directory to write (config.json + weights)."),
     labels: Path | None = typer.Option(None, help="fname,labels CSV or dataset folder (FSDKaggle2019, ESC-50, "
                                                   "labels.csv+audio/); default: the store's own labels."),
-    head: str = typer.Option("mlp", help="mlp, logreg, lightgbm, knn or prior."),
+    head: HeadKind = typer.Option(HeadKind.mlp, help="The classifier."),
     param: list[str] = typer.Option([], "--param", "-p", help="Head parameter KEY=VALUE (JSON values), repeatable."),
     folds: int = typer.Option(0, min=0, help="Cross-validate with this many stratified folds first (0: no CV)."),
-    noisy_weight: float = typer.Option(1.0, "--noisy-weight", min=0.0, help="Loss weight of noisy-subset clips "
-                                                                            "(0: curated only)."),
+    noisy_weight: float = typer.Option(NOISY_WEIGHT, "--noisy-weight", min=0.0, help="Loss weight of noisy-subset "
+                                                                                     "clips (0: curated only; 1: "
+                                                                                     "pooled with curated)."),
     bootstrap_beta: float | None = typer.Option(None, "--bootstrap-beta", help="MLP: soft bootstrapping (Lsoft) "
                                                                               "of noisy clips, beta in (0, 1]."),
     label_smoothing: float | None = typer.Option(None, "--label-smoothing", help="MLP: label smoothing epsilon."),
-    confidence: str | None = typer.Option(None, help="Two-stage confidence weighting of noisy clips: weight or drop."),
+    confidence: Confidence | None = typer.Option(None, help="Two-stage confidence weighting of noisy clips."),
     confidence_threshold: float = typer.Option(0.5, "--confidence-threshold", help="With --confidence drop."),
-    mode: str = typer.Option("auto", help="auto, multi (sigmoid) or single (softmax)."),
-    seed: int = typer.Option(0, min=0),
+    mode: Mode = typer.Option(Mode.auto, help="auto (from the labels), multi (sigmoid) or single (softmax)."),
+    seed: int = typer.Option(0, min=0, help="Seed of folds and training."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a head already in --out."),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    fmt: TableJson = format_option(TableJson.table, "table, or json: the fit report and the head's metrics."),
+    quiet: bool = QUIET,
+    verbose: bool = VERBOSE,
 ) -> None:
     """Train a head on a store's embeddings and labels; optionally report cross-validated lwlrap first."""
+    setup_logging(quiet, verbose)
     from rich.console import Console
     from rich.table import Table
 
     from embedtag import artifacts
     from embedtag.heads import fit_head, make_head
-    from embedtag.heads.base import ParamError
 
+    head = head.value
     params = _parse_params(param)
+    log.debug("fit-head %s on %s (labels %s), params %s, noisy_weight %s", head, store, labels, params, noisy_weight)
     if bootstrap_beta is not None:
         params["bootstrap_beta"] = bootstrap_beta
     if label_smoothing is not None:
         params["label_smoothing"] = label_smoothing
     modes = {"auto": "auto", "multi": True, "single": False}
-    if mode not in modes:
-        raise ParamError(f"--mode {mode!r}: expected auto, multi or single")
     # bad parameters (-p C=1e309 parses as inf), then a store, an index, a run or (without --overwrite) a head
     # in --out: refused before anything is written or trained
     make_head(head, **params)
     artifacts.prepare_output(out, artifacts.HEAD, overwrite=overwrite)
     fitted, report = fit_head(store, labels, head=head, params=params, noisy_weight=noisy_weight,
-                              confidence=confidence, confidence_threshold=confidence_threshold, folds=folds,
-                              multi_label=modes[mode], seed=seed, progress=not quiet)
+                              confidence=None if confidence is None else confidence.value,
+                              confidence_threshold=confidence_threshold, folds=folds,
+                              multi_label=modes[mode.value], seed=seed, progress=not quiet)
     fitted.save(out, overwrite=True)  # --out was checked above
+    if fmt == TableJson.json:
+        write_output(json.dumps({"head": str(out), "kind": head, **fitted.metrics}, indent=1, default=str), "-")
+        return
     t = Table(title=f"fit-head {head} → {out}", show_header=False, title_justify="left")
     t.add_row("clips / labels", f"{report.n_clips} / {report.n_labels} "
                                 f"({'multi-label' if report.multi_label else 'single-label'})")
@@ -103,26 +148,28 @@ def _is_store(p: Path) -> bool:
 
 
 @app.command(epilog="Examples:\n\n  embedtag predict heads/fsd stores/test --out submission.csv\n\n"
-                    "  embedtag predict heads/office clips/ --top-k 3 --format json --out tags.json")
+                    "  embedtag predict heads/office clips/ -k 3 --format json --out tags.json\n\n"
+                    "  embedtag predict heads/office cough.wav -q | head -3   # no --out: stdout")
 def predict(
-    head: Path = typer.Argument(..., help="Head directory (from `embedtag fit-head`)."),
+    head: Path = typer.Argument(..., help="Head directory (from `embedtag fit-head`) or fine-tuned run."),
     inputs: list[Path] = typer.Argument(..., help="An embedding store, or audio files / directories (embedded "
                                                   "on the fly with the head's backbone)."),
-    out: Path = typer.Option(Path("submission.csv"), "--out", "-o", help="Output file."),
-    top_k: int | None = typer.Option(None, "--top-k", min=1, help="Write the K most probable tags per clip "
-                                                                  "instead of every probability."),
-    fmt: str = typer.Option("csv", "--format", help="csv or json."),
-    device: str = typer.Option("auto", help="For embedding audio: auto, cpu, cuda or cuda:N."),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    out: str = OUT_STDOUT,
+    top_k: int | None = top_k_option(None, "Write the K most probable tags per clip instead of every probability."),
+    fmt: CsvJson = format_option(CsvJson.csv, "csv: the Kaggle submission (fname, one column per label in "
+                                              "vocabulary order); json: one record per clip."),
+    device: str = device_option("Where audio inputs are embedded."),
+    quiet: bool = QUIET,
+    verbose: bool = VERBOSE,
 ) -> None:
-    """Predict label probabilities. Default output: the Kaggle submission CSV (fname, one column per label in
-    vocabulary order)."""
+    """Predict label probabilities of every clip, to stdout or --out."""
+    setup_logging(quiet, verbose)
     from embedtag.artifacts import load_predictor
-    from embedtag.heads import Head, predict_files, predict_store, top_k as top_k_fn
-    from embedtag.heads.base import ParamError
+    from embedtag.errors import ParamError
+    from embedtag.heads import Head, predict_files, predict_store
+    from embedtag.heads import top_k as top_k_fn
 
-    if fmt not in ("csv", "json"):
-        raise ParamError(f"--format {fmt!r}: expected csv or json")
+    log.debug("predict with %s on %d input(s), device %s", head, len(inputs), device)
     h = load_predictor(head, device=device)
     if not isinstance(h, Head):  # a fine-tuned network (embedtag finetune) reads the audio itself
         if len(inputs) == 1 and _is_store(inputs[0]):
@@ -133,25 +180,27 @@ def predict(
             frame = predict_store(h, inputs[0])
         else:
             frame = predict_files(h, [str(p) for p in inputs], device=device, progress=not quiet)
-    out.parent.mkdir(parents=True, exist_ok=True)
     if top_k is not None:
         tags = top_k_fn(frame, top_k)
-        if fmt == "json":
-            out.write_text(json.dumps(tags, indent=1))
+        if fmt == CsvJson.json:
+            data = json.dumps(tags, indent=1)
         else:
             import pandas as pd
 
-            pd.DataFrame([{"fname": t["fname"], **{f"label_{i + 1}": x["label"] for i, x in enumerate(t["tags"])},
-                           **{f"probability_{i + 1}": x["probability"] for i, x in enumerate(t["tags"])}}
-                          for t in tags]).to_csv(out, index=False)
-    elif fmt == "json":
-        out.write_text(frame.to_json(orient="records", indent=1))
+            data = pd.DataFrame([{"fname": t["fname"],
+                                  **{f"label_{i + 1}": x["label"] for i, x in enumerate(t["tags"])},
+                                  **{f"probability_{i + 1}": x["probability"] for i, x in enumerate(t["tags"])}}
+                                 for t in tags])
+    elif fmt == CsvJson.json:
+        data = frame.to_json(orient="records", indent=1)
     else:
-        frame.to_csv(out, index=False, float_format="%.6g")
-    typer.echo(f"{len(frame)} clips -> {out}")
+        data = frame
+    where = write_output(data, out)
+    info(f"{len(frame)} clips -> {where}", quiet)
 
 
-@app.command(epilog="Example:\n\n  embedtag evaluate heads/office stores/office_test --labels labels.csv --out eval/")
+@app.command(epilog="Examples:\n\n  embedtag evaluate heads/office stores/office_test --labels labels.csv --out eval/"
+                    "\n\n  embedtag evaluate runs/office stores/office_test --format json")
 def evaluate(
     head: Path = typer.Argument(..., help="Head directory (fit-head) or fine-tuned run (finetune)."),
     store: Path = typer.Argument(..., help="Embedding store of labelled clips."),
@@ -159,19 +208,31 @@ def evaluate(
                                                   "labels)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Directory for metrics.json, per_class.csv and "
                                                               "PNG plots."),
-    rows: int = typer.Option(30, help="Per-class rows to print (worst first); 0 for all."),
+    rows: int = typer.Option(30, min=0, help="Per-class rows to print (worst first); 0 for all."),
+    fmt: TableJson = format_option(TableJson.table, "table, or json: the metrics with one record per class."),
+    device: str = device_option("Where a fine-tuned run reads the audio."),
+    quiet: bool = QUIET,
+    verbose: bool = VERBOSE,
 ) -> None:
     """Score a head or a fine-tuned run on labelled clips: lwlrap (overall and per class), macro mAP, accuracy;
-    saves plots. Warns when some evaluated clips were training clips (in-sample scores)."""
+    --out saves metrics.json, per_class.csv and plots. Warns when some evaluated clips were training clips
+    (in-sample scores)."""
+    setup_logging(quiet, verbose)
     from rich.console import Console
     from rich.table import Table
 
     from embedtag.artifacts import load_predictor
     from embedtag.heads import Head, evaluate_head
-    from embedtag.heads.api import plot_evaluation
 
-    h = load_predictor(head)  # a head, or a fine-tuned run (which scores the store's clips from their audio)
+    h = load_predictor(head, device=device)  # a head, or a fine-tuned run (which scores the clips' audio)
     res = evaluate_head(h, store, labels)
+    if out is not None:
+        _save_evaluation(res, out, quiet)
+    if fmt == TableJson.json:
+        summary = {k: v for k, v in res.items() if k not in ("per_class", "truth", "scores", "clip_ids")}
+        write_output(json.dumps({**summary, "per_class": res["per_class"].to_dict("records")}, indent=1,
+                                default=str), "-")
+        return
     console = Console()
     s = Table(title=f"evaluate {head} on {store} ({res['n_clips']} clips)", show_header=False,
               title_justify="left")
@@ -192,10 +253,14 @@ def evaluate(
     for r in (table if rows == 0 else table.head(rows)).itertuples():
         t.add_row(r.label, str(r.n_clips), f"{r.lwlrap:.3f}", f"{r.weight:.3f}", f"{r.average_precision:.3f}")
     console.print(t)
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        res["per_class"].to_csv(out / "per_class.csv", index=False)
-        summary = {k: v for k, v in res.items() if k not in ("per_class", "truth", "scores", "clip_ids")}
-        (out / "metrics.json").write_text(json.dumps(summary, indent=2))
-        files = plot_evaluation(res, out)
-        console.print(f"wrote {out / 'metrics.json'}, {out / 'per_class.csv'}, " + ", ".join(map(str, files)))
+
+
+def _save_evaluation(res: dict, out: Path, quiet: bool) -> None:
+    from embedtag.heads.api import plot_evaluation
+
+    out.mkdir(parents=True, exist_ok=True)
+    res["per_class"].to_csv(out / "per_class.csv", index=False)
+    summary = {k: v for k, v in res.items() if k not in ("per_class", "truth", "scores", "clip_ids")}
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2, default=str))
+    files = plot_evaluation(res, out)
+    info(f"wrote {out / 'metrics.json'}, {out / 'per_class.csv'}, " + ", ".join(map(str, files)), quiet)

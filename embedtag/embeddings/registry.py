@@ -90,6 +90,7 @@ register(BackboneSpec(
 
 
 def list_backbones() -> list[BackboneSpec]:
+    """Every registered backbone's spec (name, embedding_dim, sample_rate, n_classes, weights, description)."""
     return list(_SPECS.values())
 
 

@@ -171,7 +171,7 @@ class QueryResult:
     neighbours: list[dict]
 
     def to_dict(self) -> dict:
-        return {"query": self.query, "query_type": self.query_type, "neighbours": self.neighbours}
+        return {"query": self.query, "query_type": self.query_type, "results": self.neighbours}
 
 
 # ---------------------------------------------------------------------------------------------- the index
