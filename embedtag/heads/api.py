@@ -87,7 +87,7 @@ class FitReport:
         return d
 
 
-def fit_head(store, labels=None, head: str = "mlp", params: dict | None = None, *, noisy_weight: float = 1.0,
+def fit_head(store, labels=None, head: str = "mlp", params: dict | None = None, *, noisy_weight: float = 0.3,
              confidence: str | None = None, confidence_threshold: float = 0.5, folds: int = 0,
              multi_label: bool | str = "auto", seed: int = 0, vocabulary: list[str] | None = None,
              dataset_folds_first: bool = True, progress: bool = True) -> tuple[Head, FitReport]:
