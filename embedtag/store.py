@@ -34,10 +34,8 @@ import math
 import os
 import re
 import time
-import types
-import typing
 from contextlib import contextmanager
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
@@ -656,19 +654,7 @@ def read_manifest(path: Path, cls: type[M], format_version: int) -> M:
         raise StoreError(f"{path} is corrupt: {exc}") from None
     if not isinstance(data, dict):
         raise StoreError(f"{path} is corrupt: expected a JSON object, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    values = {}
-    for f in fields(cls):
-        if f.name not in data:
-            if f.default is MISSING and f.default_factory is MISSING:
-                raise StoreError(f"{path}: field {f.name!r} is missing")
-            continue
-        v = data[f.name]
-        hint = hints.get(f.name)
-        if hint is not None and not _fits(v, hint):
-            raise StoreError(f"{path}: field {f.name!r} must be {_describe(hint)}, got {v!r}")
-        values[f.name] = v
-    manifest = cls(**values)
+    manifest = artifacts.validated(data, cls, path, error=StoreError)
     version = getattr(manifest, "format_version", 1)
     if version > format_version:
         raise StoreError(f"{path.parent} was written by a newer embedtag (format {version}); upgrade embedtag")
@@ -677,42 +663,6 @@ def read_manifest(path: Path, cls: type[M], format_version: int) -> M:
         name, what = problems[0]
         raise StoreError(f"{path}: field {name!r} {what}")
     return manifest
-
-
-def _fits(v, hint) -> bool:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(_fits(v, a) for a in args)
-    if hint is type(None):
-        return v is None
-    if hint is bool:
-        return isinstance(v, bool)
-    if hint is int:
-        return isinstance(v, int) and not isinstance(v, bool)
-    if hint is float:
-        return isinstance(v, (int, float)) and not isinstance(v, bool)
-    if hint is str:
-        return isinstance(v, str)
-    if hint is list or origin is list:
-        return isinstance(v, list) and (not args or all(_fits(x, args[0]) for x in v))
-    if hint is dict or origin is dict:
-        return isinstance(v, dict)
-    if hint is tuple or origin is tuple:
-        return isinstance(v, (list, tuple))
-    return True  # a type this reader does not check
-
-
-def _describe(hint) -> str:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_describe(a) for a in args)
-    names = {type(None): "null", bool: "true or false", int: "an integer", float: "a number", str: "a string",
-             dict: "an object"}
-    if hint in names:
-        return names[hint]
-    if hint is list or origin is list:
-        return f"a list of {_describe(args[0]).removeprefix('an ').removeprefix('a ')}s" if args else "a list"
-    return str(hint)
 
 
 def _schema_problem(have: pa.Schema, want: pa.Schema) -> str | None:
