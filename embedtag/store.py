@@ -230,11 +230,12 @@ class EmbeddingStore:
             manifest.embedtag_version = manifest.embedtag_version or __version__
             manifest.created_at = manifest.created_at or head["created_at"]
             manifest.format_version, manifest.kind = FORMAT_VERSION, STORE
-            (path / "shards").mkdir(parents=True, exist_ok=True)
-            (path / "errors").mkdir(exist_ok=True)
             body = asdict(manifest)
             meta = {k: body.pop(k) for k in artifacts.HEADER_KEYS}
+            # the manifest first: a process killed before it leaves only hidden files, which a rerun may reuse
             artifacts.atomic_write_json(path / MANIFEST_NAME, {**meta, **body})
+            (path / "shards").mkdir(exist_ok=True)
+            (path / "errors").mkdir(exist_ok=True)
             return cls(path, manifest)
 
     def _check_key(self, manifest: StoreManifest) -> None:
@@ -629,7 +630,11 @@ class EmbeddingStore:
 
     def __repr__(self) -> str:
         m = self.manifest
-        return f"EmbeddingStore({str(self.path)!r}, backbone={m.backbone!r}, dim={m.embedding_dim}, clips={len(self)})"
+        try:
+            n = str(len(self))
+        except StoreError:  # a bad shard; the repr must not raise
+            n = "?"
+        return f"EmbeddingStore({str(self.path)!r}, backbone={m.backbone!r}, dim={m.embedding_dim}, clips={n})"
 
 
 def open_store(path: str | os.PathLike) -> EmbeddingStore:
