@@ -45,7 +45,7 @@ import pyarrow.parquet as pq
 
 from embedtag import artifacts
 from embedtag.artifacts import STORE
-from embedtag.errors import DataError, IncompatibleError, ParamError, StoreError
+from embedtag.errors import ArtifactError, DataError, IncompatibleError, ParamError, StoreError
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -640,7 +640,12 @@ class EmbeddingStore:
 def open_store(path: str | os.PathLike) -> EmbeddingStore:
     """Open an existing store. WrongKindError (a StoreError) when ``path`` is something else ("X is a similarity
     index, not an embedding store"); StoreError naming the file and field when the manifest is damaged."""
-    info = artifacts.read_header(path, STORE, FORMAT_VERSION)
+    try:
+        info = artifacts.read_header(path, STORE, FORMAT_VERSION)
+    except StoreError:
+        raise
+    except ArtifactError as exc:  # corrupt or newer: a StoreError like every other problem of a store
+        raise StoreError(str(exc)) from None
     return EmbeddingStore(Path(path), read_manifest(info.meta_path, StoreManifest, FORMAT_VERSION))
 
 
