@@ -114,7 +114,8 @@ def test_killed_and_resumed_run_matches_uninterrupted(tiny_dataset, tmp_path):
     # the run artifact
     run = tmp_path / "full"
     cfg = json.loads((run / "config.json").read_text())
-    assert cfg["kind"] == "finetuned-run" and cfg["vocabulary"] == list(CLASSES) and cfg["backbone"] == "efficientat-mn04"
+    assert cfg["kind"] == "finetuned-run" and cfg["vocabulary"] == list(CLASSES)
+    assert cfg["backbone"] == "efficientat-mn04"
     assert cfg["front_end"]["n_mels"] == 128 and cfg["clips"] == {"curated": 9, "noisy": 3}
     assert "AudioSet-pretrained" in cfg["note"]
     with open(run / "log.csv") as f:

@@ -23,12 +23,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
-
 from conftest import DATA, REPO, require, run_cli
+
 from embedtag import artifacts
 from embedtag.embeddings.pipeline import extract
-from embedtag.errors import (ArtifactError, DataError, EmbedtagError, IncompatibleError, ParamError, StoreError,
-                             WrongKindError)
+from embedtag.errors import ArtifactError, DataError, ParamError, StoreError, WrongKindError
 from embedtag.store import EmbeddingStore, StoreManifest, open_store, resolve_path, shard_schema
 
 OFFICE = DATA / "dcase2016_task2_office"
@@ -105,9 +104,15 @@ def test_open_store_names_what_a_directory_is(tmp_path):
         open_store(head)
     with pytest.raises(StoreError, match="not found"):
         open_store(tmp_path / "nothing")
-    # and a store is never created over them
+    # and a store is never created over them, nor over a file or someone's folder
+    m = StoreManifest("yamnet-lite", 1024, 16000, "mean", 10.0)
     with pytest.raises(WrongKindError, match="it is a similarity index"):
-        EmbeddingStore.create(index, StoreManifest("yamnet-lite", 1024, 16000, "mean", 10.0))
+        EmbeddingStore.create(index, m)
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(WrongKindError, match="is a file"):
+        EmbeddingStore.create(tmp_path / "file.txt", m)
+    with pytest.raises(ArtifactError, match="not empty"):
+        EmbeddingStore.create(tmp_path, m)
 
 
 @pytest.mark.parametrize("field,value,message", [
