@@ -54,8 +54,9 @@ def _check_format(fmt: str) -> str:
 @store_app.command("check", epilog="Example:\n\n  embedtag store check stores/office")
 def check(store: Path = typer.Argument(..., help="An embedding store directory."),
           fmt: str = typer.Option("table", "--format", help="Output: table or json.")) -> None:
-    """Read every shard, errors shard and the labels overlay in full and check each against the store's
-    layout. Exit code 0 when all are sound, 1 when some are bad."""
+    """Read every shard in full and check it against the store's layout; exit code 1 when some are bad.
+
+    Errors shards and the labels overlay are checked too. `embedtag store repair` moves the bad ones aside."""
     from embedtag.store import open_store
 
     report = open_store(store).check()
@@ -67,8 +68,9 @@ def check(store: Path = typer.Argument(..., help="An embedding store directory."
 @store_app.command("repair", epilog="Example:\n\n  embedtag store repair stores/office")
 def repair(store: Path = typer.Argument(..., help="An embedding store directory."),
            fmt: str = typer.Option("table", "--format", help="Output: table or json.")) -> None:
-    """Move bad shards to STORE/quarantine/ (their clips are extracted again by the next `embedtag extract`)
-    and remove temporary files a killed writer left."""
+    """Move bad shards to STORE/quarantine/; the next `embedtag extract` embeds their clips again.
+
+    Also removes the temporary files a killed writer left."""
     from embedtag.store import open_store
 
     report = open_store(store).repair()
