@@ -20,8 +20,10 @@ import json
 import os
 import tempfile
 import time
+import types
+import typing
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 
 from embedtag.errors import ArtifactError, WrongKindError
@@ -326,3 +328,70 @@ class lock:
             os.close(self._fd)
             self._fd = None
         return False
+
+
+# ------------------------------------------------------------------------------------------------ validation
+def validated(data: dict, cls: type, where: str | os.PathLike, *, error: type[Exception] = ArtifactError,
+              allow_unknown: bool = True):
+    """``cls(**data)`` for a dataclass ``cls``, each field checked against ``cls``'s type hints first: a field
+    that is missing (and has no default) or of the wrong type raises ``error`` naming ``where`` (the file) and
+    the field, e.g. "STORE/manifest.json: field 'embedding_dim' must be an integer, got 'abc'". Keys ``cls``
+    does not know are ignored (newer writers may add some), or refused with ``allow_unknown=False``."""
+    if not isinstance(data, dict):
+        raise error(f"{where} is corrupt: expected a JSON object, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    if not allow_unknown:
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise error(f"{where}: unknown field {unknown[0]!r}")
+    values = {}
+    for f in fields(cls):
+        if f.name not in data:
+            if f.default is MISSING and f.default_factory is MISSING:
+                raise error(f"{where}: field {f.name!r} is missing")
+            continue
+        v = data[f.name]
+        hint = hints.get(f.name)
+        if hint is not None and not _fits(v, hint):
+            raise error(f"{where}: field {f.name!r} must be {_describe(hint)}, got {v!r}")
+        values[f.name] = v
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as exc:  # a check of cls's own __post_init__
+        raise error(f"{where}: {exc}") from None
+
+
+def _fits(v, hint) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(v, a) for a in args)
+    if hint is type(None):
+        return v is None
+    if hint is bool:
+        return isinstance(v, bool)
+    if hint is int:
+        return isinstance(v, int) and not isinstance(v, bool)
+    if hint is float:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    if hint is str:
+        return isinstance(v, str)
+    if hint is list or origin is list:
+        return isinstance(v, list) and (not args or all(_fits(x, args[0]) for x in v))
+    if hint is dict or origin is dict:
+        return isinstance(v, dict)
+    if hint is tuple or origin is tuple:
+        return isinstance(v, (list, tuple))
+    return True  # a type this reader does not check
+
+
+def _describe(hint) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    names = {type(None): "null", bool: "true or false", int: "an integer", float: "a number", str: "a string",
+             dict: "an object"}
+    if hint in names:
+        return names[hint]
+    if hint is list or origin is list:
+        return f"a list of {_describe(args[0]).removeprefix('an ').removeprefix('a ')}s" if args else "a list"
+    return str(hint)

@@ -174,8 +174,10 @@ class Dataset:
 
 # ------------------------------------------------------------------------------------------------ small helpers
 def safe_text(s) -> str:
-    """``s`` as valid UTF-8 text: bytes that are not UTF-8 (kept by ``os.fsdecode`` as lone surrogates) become
-    U+FFFD. For ids, display and storage; open files with the original string."""
+    """``s`` as valid UTF-8 text, for ids, display and storage (Parquet needs it). Bytes of a file name that are
+    not UTF-8 (which ``os.fsdecode`` keeps as lone surrogates) are written as ``\\xNN`` escapes, so two such names
+    stay distinct and :func:`embedtag.store.resolve_path` finds the file again; open files with the original
+    string."""
     if isinstance(s, bytes):
         s = os.fsdecode(s)
     s = str(s)
@@ -183,7 +185,12 @@ def safe_text(s) -> str:
         s.encode("utf-8")
         return s
     except UnicodeEncodeError:
-        return s.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        pass
+    try:
+        raw = s.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate no file system produced: keep it visible as an escape
+        return s.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
 
 
 def is_audio(path: str | os.PathLike) -> bool:

@@ -114,7 +114,8 @@ def test_killed_and_resumed_run_matches_uninterrupted(tiny_dataset, tmp_path):
     # the run artifact
     run = tmp_path / "full"
     cfg = json.loads((run / "config.json").read_text())
-    assert cfg["kind"] == "finetuned" and cfg["vocabulary"] == list(CLASSES) and cfg["backbone"] == "efficientat-mn04"
+    assert cfg["kind"] == "finetuned-run" and cfg["vocabulary"] == list(CLASSES)
+    assert cfg["backbone"] == "efficientat-mn04"
     assert cfg["front_end"]["n_mels"] == 128 and cfg["clips"] == {"curated": 9, "noisy": 3}
     assert "AudioSet-pretrained" in cfg["note"]
     with open(run / "log.csv") as f:
@@ -165,8 +166,55 @@ def test_finetuned_artifact_predicts_ensemble_of_folds(tiny_dataset, tmp_path):
     (run / "fold1" / "model.safetensors").write_bytes(b"junk")
     with pytest.raises(IncompatibleError, match="fold1"):
         load_finetuned(run, device="cpu")
-    with pytest.raises(IncompatibleError, match="not a fine-tuned run"):
+    with pytest.raises(EmbedtagError, match="not a fine-tuned run"):
         load_finetuned(tmp_path)
+
+
+def test_run_artifact_header_train_clips_and_validation(tiny_dataset, tmp_path):
+    """config.json carries the common header and the clips trained on; old runs load; a damaged config or a
+    foreign --out is one line naming the file and field."""
+    from embedtag import artifacts
+    from embedtag.errors import ArtifactError, WrongKindError
+    from embedtag.finetune import FinetunedModel
+
+    run = tmp_path / "run"
+    finetune(tiny_dataset, out=run, folds=0, stages=("curated",), epochs=1, progress=False, **TINY)
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["kind"] == "finetuned-run" and cfg["format_version"] == 1 and cfg["embedtag_version"]
+    assert cfg["created_at"].endswith("Z")
+    assert sorted(cfg["train_clip_ids"]) == sorted(tiny_dataset.clip_ids)
+    assert not list(run.rglob(".tmp-*")) and not (run / "checkpoint.pt").exists()
+    model = artifacts.load_predictor(run, device="cpu")
+    assert isinstance(model, FinetunedModel) and model.train_clip_ids == cfg["train_clip_ids"]
+    # a run written before the common header: "kind": "finetuned", no train_clip_ids
+    old = {k: v for k, v in cfg.items() if k not in ("embedtag_version", "created_at", "train_clip_ids")}
+    old["kind"] = "finetuned"
+    (run / "config.json").write_text(json.dumps(old))
+    assert is_finetuned(run) and load_finetuned(run, device="cpu").train_clip_ids is None
+    # hand-edited configs: one line naming the file and the field
+    for edit, field in ((lambda c: c.pop("front_end"), "front_end"), (lambda c: c.update(vocabulary="knock"),
+                        "vocabulary"), (lambda c: c.update(crop_s="2"), "crop_s"),
+                        (lambda c: c["front_end"].update(n_mels="x"), "n_mels"),
+                        (lambda c: c["front_end"].update(bogus=1), "bogus")):
+        bad = json.loads(json.dumps(cfg))
+        edit(bad)
+        (run / "config.json").write_text(json.dumps(bad))
+        with pytest.raises(ArtifactError, match=field) as exc:
+            load_finetuned(run, device="cpu")
+        assert "config.json" in str(exc.value) and "\n" not in str(exc.value)
+    (run / "config.json").write_text(json.dumps(cfg))
+    # --out over another kind of artifact is refused, whatever it is
+    head = tmp_path / "head"
+    head.mkdir()
+    (head / "config.json").write_text(json.dumps({"kind": "head", "format_version": 1, "head": "mlp"}))
+    with pytest.raises(WrongKindError, match="a head"):
+        finetune(tiny_dataset, out=head, folds=0, stages=("curated",), epochs=1, progress=False, **TINY)
+    assert json.loads((head / "config.json").read_text())["kind"] == "head"
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("someone's files")
+    with pytest.raises(ArtifactError, match="not empty"):
+        finetune(tiny_dataset, out=tmp_path / "mine", folds=0, stages=("curated",), epochs=1, progress=False,
+                 **TINY)
 
 
 def test_cli_finetune_from_labels_csv(tiny_dataset, tmp_path, capsys):

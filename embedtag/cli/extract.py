@@ -22,7 +22,7 @@ from embedtag.cli._options import (
     write_output,
 )
 
-EXIT_FAILURES = 3  # the run finished but some files were recorded as failed
+EXIT_FAILURES = 3  # the run finished but some of its inputs are not in the store (recorded as failed)
 
 
 class Pooling(str, Enum):
@@ -58,8 +58,11 @@ def extract(
 ) -> None:
     """Embed audio into an embedding store (Parquet shards + manifest); a rerun resumes where it stopped.
 
-    Unreadable files are listed with their reason and the run goes on. Exit code: 0 all stored,
-    3 finished with failures recorded, 1 error (or the first bad file with --strict), 2 a bad option.
+    Unreadable files are listed with their reason and the run goes on; a rerun tries them again. Labels
+    (--labels, or a dataset's labels.csv) are attached to clips stored earlier too. A second extract into the
+    same store waits up to 10 s for the first one, then refuses. Exit code: 0 every input is stored,
+    3 finished but some inputs are still not stored (failed now or earlier), 1 error (or the first bad file
+    with --strict), 2 a bad option.
     """
     setup_logging(quiet, verbose)
     from embedtag.embeddings.pipeline import extract as run_extract
@@ -72,7 +75,7 @@ def extract(
                           max_duration_s=max_duration_s, limit=limit, allow_outside_root=allow_outside_root,
                           progress=not quiet)
     print_summary(summary)
-    if summary.n_failed:
+    if summary.n_unstored:
         raise typer.Exit(EXIT_FAILURES)
 
 
@@ -85,7 +88,12 @@ def print_summary(summary) -> None:
     t.add_row("backbone", f"{summary.backbone} on {summary.device}")
     t.add_row("clips stored", f"{summary.n_stored}  (skipped, already done: {summary.n_skipped})")
     t.add_row("audio", f"{summary.audio_s / 3600:.3f} h")
-    t.add_row("failures", str(summary.n_failed))
+    t.add_row("failures", f"{summary.n_failed}" + (f"  (retried from earlier runs: {summary.n_retried})"
+                                                    if summary.n_retried else ""))
+    if summary.n_unstored:
+        t.add_row("not stored", f"{summary.n_unstored} of {summary.n_inputs} inputs (rerun to try them again)")
+    if getattr(summary, "n_relabelled", 0):
+        t.add_row("labels", f"{summary.n_relabelled} stored clips got new labels")
     t.add_row("time", f"{summary.elapsed_s:.1f} s")
     t.add_row("throughput", f"{summary.clips_per_s:.1f} clips/s, {summary.realtime_factor:.0f}x real time")
     console.print(t)
@@ -154,17 +162,21 @@ def info(store: Path = typer.Argument(..., help="An embedding store directory.")
          errors: bool = typer.Option(False, "--errors", help="List every failed file with its reason."),
          fmt: TableJson = format_option(TableJson.table, "table, or json (the manifest and counts)."),
          quiet: bool = QUIET, verbose: bool = VERBOSE) -> None:
-    """Describe an embedding store: backbone, dimension, pooling, clips, hours of audio, labels, failures."""
+    """Describe an embedding store: backbone, dimension, pooling, clips, hours of audio, labels, failures.
+
+    Counts are of distinct clips (a clip stored twice counts once); "failed files" are those still not
+    stored (a rerun of extract tries them again)."""
     setup_logging(quiet, verbose)
     from rich.console import Console
     from rich.table import Table
 
-    from embedtag.store import open_store
+    from embedtag.store import QUARANTINE, open_store
 
     s = open_store(store)
     m = s.manifest
     df = s.to_pandas(["clip_id", "duration_s", "labels"])
     errs = s.errors()
+    n_rows = s.n_rows()
     labelled = int(df["labels"].map(lambda v: v is not None and len(v) > 0).sum()) if len(df) else 0
     if fmt == TableJson.json:
         import json
@@ -181,8 +193,13 @@ def info(store: Path = typer.Argument(..., help="An embedding store directory.")
     t.add_row("backbone", f"{m.backbone}  (weights sha256 {str(m.weights_sha256)[:12]}…)")
     t.add_row("embedding", f"{m.embedding_dim}-d, pooling {m.pooling}, window {m.window_s:g} s, {m.sample_rate} Hz")
     t.add_row("clips", f"{len(df)} ({labelled} labelled), {df['duration_s'].sum() / 3600:.3f} h of audio")
+    if n_rows > len(df):
+        t.add_row("duplicates", f"{n_rows - len(df)} rows stored twice (readers keep the last one)")
     t.add_row("AudioSet scores", f"{len(m.class_names)} classes" if m.has_scores else "not kept")
-    t.add_row("failed files", str(len(errs)))
+    t.add_row("failed files", f"{len(errs)} not stored" + ("  (rerun extract to try them again)" if len(errs) else ""))
+    quarantined = list((s.path / QUARANTINE).glob("*")) if (s.path / QUARANTINE).is_dir() else []
+    if quarantined:
+        t.add_row("quarantined", f"{len(quarantined)} bad files in {s.path / QUARANTINE}")
     t.add_row("written by", f"embedtag {m.embedtag_version} at {m.created_at}")
     console = Console()
     console.print(t)

@@ -7,8 +7,8 @@ weighted by window duration, ``max``, or ``meanmax`` = both concatenated). A cli
 ``STREAM_THRESHOLD_WINDOWS`` windows is decoded window by window, so memory is bounded by the window and the
 batch, never by the file.
 
-``extract`` writes one Parquet shard per batch, atomically: a crash or Ctrl-C loses at most the batch in flight,
-and a rerun skips every clip already stored or already recorded as failed.
+``extract`` writes one Parquet shard per batch, atomically, under the store's lock: a crash or Ctrl-C loses at
+most the batch in flight, and a rerun skips every clip already stored and tries failed ones again.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from embedtag.embeddings import audio as A
-from embedtag.errors import AudioError, EmbedtagError
+from embedtag.errors import AudioError, DataError, EmbedtagError, ParamError
 from embedtag.inputs import ClipSource, read_label_table, resolve_sources, safe_text
 
 POOLINGS = ("mean", "max", "meanmax")
@@ -41,6 +41,12 @@ class ExtractSummary:
     n_skipped: int = 0
     n_stored: int = 0
     n_failed: int = 0
+    #: clips recorded as failed by an earlier run and tried again by this one
+    n_retried: int = 0
+    #: inputs of this run still not in the store at the end (failed now or earlier): the CLI exits 3 when > 0
+    n_unstored: int = 0
+    #: clips stored earlier whose labels this run attached or changed
+    n_relabelled: int = 0
     audio_s: float = 0.0
     elapsed_s: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)
@@ -56,7 +62,8 @@ class ExtractSummary:
 
     def as_dict(self) -> dict:
         d = {k: getattr(self, k) for k in ("store", "backbone", "device", "n_inputs", "n_skipped", "n_stored",
-                                            "n_failed", "audio_s", "elapsed_s")}
+                                            "n_failed", "n_retried", "n_unstored", "n_relabelled", "audio_s",
+                                            "elapsed_s")}
         d.update(clips_per_s=self.clips_per_s, realtime_factor=self.realtime_factor,
                  failures=[{"clip_id": c, "reason": r} for c, r in self.failures])
         return d
@@ -338,28 +345,36 @@ def extract(src, out: str | os.PathLike, model="yamnet", *, labels=None, weights
     embedding store at ``out``; resumable. ``limit``: only the first N inputs. ``allow_outside_root``: accept CSV
     rows that point outside the CSV's dataset folder.
 
-    Clips already in the store (or already recorded as failed) are skipped. Unreadable files are recorded in
-    the store's errors table and the run goes on, unless ``strict`` (then the first one raises AudioError).
+    Clips already stored are skipped; clips recorded as failed are tried again (a fixed file gets stored, one
+    that fails again stays in the errors table). Unreadable files are recorded in the store's errors table and
+    the run goes on, unless ``strict`` (then the first one raises AudioError). Labels of this run's inputs
+    (``labels`` or a dataset's labels.csv) are attached to clips stored earlier too. Invalid options raise
+    ParamError before anything is read or written. The store's lock is held while writing: a second process
+    writing the same store waits up to ``embedtag.store.LOCK_TIMEOUT_S`` seconds, then gets an ArtifactError.
+    ``summary.n_unstored`` counts this run's inputs still not stored at the end (the CLI exits 3 when > 0).
+    ``scores=False`` on a store that keeps AudioSet scores keeps writing them (the store's layout wins).
     """
     from embedtag.store import EmbeddingStore, StoreManifest
 
+    check_extract_options(batch_size=batch_size, workers=workers, pooling=pooling, window_s=window_s,
+                          max_duration_s=max_duration_s, limit=limit)
+    # clip ids come back valid UTF-8 (a non-UTF-8 file name is escaped); paths stay the real ones
     sources = resolve_sources(src, labels, exclude=[out], allow_outside_root=allow_outside_root, limit=limit)
     backbone = _load(model, weights, device)
-    if pooling not in POOLINGS:
-        raise EmbedtagError(f"unknown pooling {pooling!r}; use one of {', '.join(POOLINGS)}")
     window_s = float(window_s or DEFAULT_WINDOW_S)
+    if window_s * backbone.sample_rate < 1:
+        raise ParamError(f"window_s={window_s:g} is shorter than one sample at {backbone.sample_rate} Hz")
     manifest = StoreManifest(
         backbone=backbone.name, embedding_dim=backbone.embedding_dim * (2 if pooling == "meanmax" else 1),
         sample_rate=backbone.sample_rate, pooling=pooling, window_s=window_s,
         weights_sha256=backbone.weights_sha256, class_names=list(backbone.class_names) if scores else [])
     store = EmbeddingStore.create(out, manifest)
-    done = store.done_ids()
-    todo = [s for s in sources if s.clip_id not in done]
+    keep_scores = store.manifest.has_scores
     summary = ExtractSummary(store=str(out), backbone=backbone.name, device=backbone.device,
-                             n_inputs=len(sources), n_skipped=len(sources) - len(todo))
+                             n_inputs=len(sources))
 
     def on_batch(records: list[dict]) -> None:
-        if not scores:
+        if not keep_scores:
             for r in records:
                 r.pop("audioset_scores", None)
         store.append(records)
@@ -368,21 +383,62 @@ def extract(src, out: str | os.PathLike, model="yamnet", *, labels=None, weights
 
     def on_error(s: ClipSource, exc: EmbedtagError) -> None:
         reason = getattr(exc, "reason", None) or str(exc)
-        store.add_errors([{"clip_id": safe_text(s.clip_id), "path": safe_text(s.path), "reason": safe_text(reason),
+        store.add_errors([{"clip_id": s.clip_id, "path": safe_text(s.path), "reason": safe_text(reason),
                            "error_type": type(exc).__name__}])
         summary.n_failed += 1
-        summary.failures.append((s.clip_id, reason))
+        summary.failures.append((s.clip_id, safe_text(reason)))
         if strict:
             raise exc
 
     start = time.perf_counter()
     try:
-        with _progress_bar(progress, len(todo), f"{backbone.name} → {Path(out).name}") as advance:
-            run(backbone, todo, on_batch=on_batch, on_error=on_error, batch_size=batch_size, workers=workers,
-                pooling=pooling, window_s=window_s, max_duration_s=max_duration_s, on_progress=advance)
+        with store.writing():  # under the lock: what is stored now, not before another writer finished
+            stored, failed = store.stored_ids(), store.failed_ids()
+            todo = [s for s in sources if s.clip_id not in stored]
+            summary.n_skipped = len(sources) - len(todo)
+            summary.n_retried = sum(s.clip_id in failed for s in todo)
+            with _progress_bar(progress, len(todo), f"{backbone.name} → {Path(out).name}") as advance:
+                run(backbone, todo, on_batch=on_batch, on_error=on_error, batch_size=batch_size, workers=workers,
+                    pooling=pooling, window_s=window_s, max_duration_s=max_duration_s, on_progress=advance)
+            summary.n_relabelled = _update_labels(store, sources)
     finally:
         summary.elapsed_s = time.perf_counter() - start
+    stored = store.stored_ids()
+    summary.n_unstored = sum(s.clip_id not in stored for s in sources)
     return summary
+
+
+def check_extract_options(*, batch_size=None, workers=None, pooling="mean", window_s=None, max_duration_s=None,
+                          limit=None) -> None:
+    """ParamError for an option of :func:`extract` out of range, before any input is read or store created
+    (a typo must not mark a whole dataset as failed)."""
+    def bad(name, value, expected):
+        raise ParamError(f"{name}={value!r}: expected {expected}")
+
+    def is_int(v):
+        return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+    def finite_number(v):
+        return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and np.isfinite(v)
+
+    if pooling not in POOLINGS:
+        bad("pooling", pooling, f"one of {', '.join(POOLINGS)}")
+    if batch_size is not None and not (is_int(batch_size) and batch_size >= 1):
+        bad("batch_size", batch_size, "an integer >= 1")
+    if workers is not None and not (is_int(workers) and workers >= 0):
+        bad("workers", workers, "an integer >= 0 (0 decodes in the main thread)")
+    if window_s is not None and not (finite_number(window_s) and window_s > 0):
+        bad("window_s", window_s, "a finite number of seconds > 0")
+    if max_duration_s is not None and not (finite_number(max_duration_s) and max_duration_s > 0):
+        bad("max_duration_s", max_duration_s, "a finite number of seconds > 0, or None for no limit")
+    if limit is not None and not (is_int(limit) and limit >= 0):
+        bad("limit", limit, "an integer >= 0")
+
+
+def _update_labels(store, sources: Sequence[ClipSource]) -> int:
+    """Give clips stored earlier the labels this run's inputs carry (a rerun with ``--labels``)."""
+    given = {s.clip_id: list(s.labels) for s in sources if s.labels is not None}
+    return store.set_labels(given, ignore_missing=True) if given else 0
 
 
 class _progress_bar:

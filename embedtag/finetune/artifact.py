@@ -2,8 +2,10 @@
 
 Run directory layout (no pickle anywhere)::
 
-    RUN/config.json              {"kind": "finetuned", "format_version", "backbone", "vocabulary", "front_end",
-                                  "crop_s", "tta_crops", "models": ["fold0/model.safetensors", ...], "train": {...},
+    RUN/config.json              {"kind": "finetuned-run", "format_version", "embedtag_version", "created_at"
+                                  (the common artifact header; runs before it say "kind": "finetuned"),
+                                  "backbone", "vocabulary", "front_end", "crop_s", "tta_crops",
+                                  "models": ["fold0/model.safetensors", ...], "train": {...}, "train_clip_ids",
                                   "cv_lwlrap", "fold_lwlrap", "dataset", ...}
     RUN/fold<k>/model.safetensors  network weights (front end is rebuilt from "front_end")
     RUN/log.csv, RUN/training.png  per-epoch record (fold, stage, epoch, loss, val_lwlrap, lr, clips_per_s)
@@ -12,27 +14,61 @@ Run directory layout (no pickle anywhere)::
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from embedtag.errors import IncompatibleError
+from embedtag import artifacts
+from embedtag.errors import ArtifactError, IncompatibleError
 
 FORMAT_VERSION = 1
 
 
 def is_finetuned(path: str | os.PathLike) -> bool:
     """True when ``path`` is a run directory written by :func:`embedtag.finetune.finetune`."""
-    cfg = Path(path) / "config.json"
-    if not cfg.is_file():
-        return False
     try:
-        return json.loads(cfg.read_text()).get("kind") == "finetuned"
-    except (ValueError, OSError):
+        info = artifacts.identify(path)
+    except ArtifactError:
         return False
+    return info is not None and info.kind == artifacts.RUN
+
+
+@dataclass
+class RunConfig:
+    """The fields of a run's config.json that loading it needs (validated one by one; others are records)."""
+
+    backbone: str
+    vocabulary: list[str]
+    front_end: dict
+    crop_s: float
+    tta_crops: int
+    models: list[str]
+    width_mult: float = 0.4
+    multi_label: bool = True
+    train_clip_ids: list[str] | None = None
+
+    def __post_init__(self):
+        if not self.vocabulary:
+            raise ValueError("field 'vocabulary' is empty")
+        if not self.models:
+            raise ValueError("field 'models' is empty")
+        if not (self.crop_s > 0 and self.tta_crops >= 1 and self.width_mult > 0):
+            raise ValueError("fields 'crop_s', 'tta_crops' and 'width_mult' must be > 0")
+
+
+def read_run_config(path: str | os.PathLike):
+    """(config.json as written, its validated fields, the front end) of the run at ``path``; WrongKindError
+    when ``path`` is another kind of artifact, ArtifactError naming the file and field when it is damaged."""
+    info = artifacts.read_header(path, artifacts.RUN, FORMAT_VERSION)
+    run = artifacts.validated(info.meta, RunConfig, info.meta_path)
+    from embedtag.embeddings.backbones.efficientat import FrontEndConfig
+
+    front_end = artifacts.validated(run.front_end, FrontEndConfig, f"{info.meta_path} (front_end)",
+                                    allow_unknown=False)
+    return info.meta, run, front_end
 
 
 def predict_waves(models, waves: Sequence[np.ndarray], crop_samples: int, tta_crops: int, device: str,
@@ -72,33 +108,30 @@ def predict_waves(models, waves: Sequence[np.ndarray], crop_samples: int, tta_cr
 
 
 class FinetunedModel:
-    """Loaded run: ``vocabulary``, ``backbone_name``, ``predict_proba_files(paths)``, ``predict_proba_waves``."""
+    """Loaded run: ``vocabulary``, ``backbone_name``, ``multi_label``, ``train_clip_ids`` (the clips it was
+    trained on; None for runs written before they were recorded), ``predict_proba_files(paths)``,
+    ``predict_proba_waves``."""
 
     def __init__(self, path: str | os.PathLike, device: str = "auto"):
         import torch
         from safetensors.torch import load_file
 
         from embedtag.embeddings.backbones.base import resolve_device
-        from embedtag.embeddings.backbones.efficientat import FrontEndConfig
         from embedtag.finetune.model import FinetuneNet
 
         self.path = Path(path)
-        if not is_finetuned(self.path):
-            raise IncompatibleError(f"{self.path}: not a fine-tuned run (no config.json with kind 'finetuned')")
-        self.config = json.loads((self.path / "config.json").read_text())
-        if self.config.get("format_version", 0) > FORMAT_VERSION:
-            raise IncompatibleError(f"{self.path}: written by a newer embedtag (format {self.config['format_version']})")
-        self.vocabulary: list[str] = list(self.config["vocabulary"])
-        self.backbone_name: str = self.config["backbone"]
-        self.multi_label: bool = bool(self.config.get("multi_label", True))
-        self.front_end = FrontEndConfig(**self.config["front_end"])
+        self.config, run, self.front_end = read_run_config(self.path)
+        self.vocabulary: list[str] = list(run.vocabulary)
+        self.backbone_name: str = run.backbone
+        self.multi_label: bool = bool(run.multi_label)
+        self.train_clip_ids: list[str] | None = None if run.train_clip_ids is None else list(run.train_clip_ids)
         self.sample_rate = self.front_end.sample_rate
-        self.crop_samples = int(round(self.config["crop_s"] * self.sample_rate))
-        self.tta_crops = int(self.config["tta_crops"])
+        self.crop_samples = int(round(run.crop_s * self.sample_rate))
+        self.tta_crops = int(run.tta_crops)
         self.device = resolve_device(device)
         self.models = []
-        for rel in self.config["models"]:
-            net = FinetuneNet(len(self.vocabulary), self.config.get("width_mult", 0.4), self.front_end)
+        for rel in run.models:
+            net = FinetuneNet(len(self.vocabulary), run.width_mult, self.front_end)
             try:
                 state = load_file(str(self.path / rel))
                 net.load_state_dict(state, strict=True)
@@ -134,7 +167,9 @@ class FinetunedModel:
     def predict_proba_store(self, store, rows=None, batch_size: int = 32, progress: bool = False) -> np.ndarray:
         """Probabilities for the clips of an embedding store, read again from their audio ``path`` (the network
         needs waveforms, not the store's embeddings); ``rows`` is an optional boolean mask."""
-        paths = store.table(["path"]).column("path").to_pylist()
+        from embedtag.store import resolve_path
+
+        paths = [resolve_path(p) for p in store.table(["path"]).column("path").to_pylist()]
         if rows is not None:
             paths = [p for p, keep in zip(paths, rows) if keep]
         return self.predict_proba_files(paths, batch_size, progress)

@@ -47,7 +47,7 @@ class FinetuneConfig:
     time_mask_frac: float = 0.1
     curated_oversample: int = 2
     noisy_loss: str = "weighted"
-    noisy_weight: float = 0.5
+    noisy_weight: float = 0.3
     lsoft_beta: float = 0.7
     #: stop a stage after this many epochs without a better validation lwlrap; 0 never stops early
     patience: int = 3

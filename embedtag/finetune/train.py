@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from embedtag import artifacts
+from embedtag.artifacts import atomic_write
 from embedtag.errors import DataError, EmbedtagError, IncompatibleError
 from embedtag.finetune.artifact import FORMAT_VERSION, predict_waves
 from embedtag.finetune.config import FinetuneConfig
@@ -41,21 +43,15 @@ class FinetuneResult:
 
 
 # --------------------------------------------------------------------------------------------- file helpers
-def _atomic_write_bytes(path: Path, write: Callable[[str], None]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(str(tmp))
-    os.replace(tmp, path)
-
-
 def _save_safetensors(state: dict, path: Path) -> None:
     from safetensors.torch import save_file
 
     state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-    _atomic_write_bytes(path, lambda p: save_file(state, p))
+    atomic_write(path, lambda p: save_file(state, p))
 
 
 def _write_json(path: Path, obj) -> None:
-    _atomic_write_bytes(path, lambda p: Path(p).write_text(json.dumps(obj, indent=1, default=_jsonable)))
+    atomic_write(path, lambda p: Path(p).write_text(json.dumps(obj, indent=1, default=_jsonable)))
 
 
 def _jsonable(v):
@@ -67,7 +63,7 @@ def _jsonable(v):
 def _save_checkpoint(path: Path, ck: dict) -> None:
     import torch
 
-    _atomic_write_bytes(path, lambda p: torch.save(ck, p))
+    atomic_write(path, lambda p: torch.save(ck, p))
 
 
 def _load_checkpoint(path: Path) -> dict:
@@ -195,6 +191,11 @@ def _finetune(data, backbone, labels, out, stages, folds, epochs, resume, device
 
     cfg = FinetuneConfig(backbone=backbone, stages=stages, folds=folds, epochs=epochs, **params)
     out = Path(out)
+    if not ((out / "checkpoint.pt").is_file() or (out / "run.json").is_file()):  # else: our own unfinished run
+        artifacts.prepare_output(out, artifacts.RUN, resume=True)  # refuses a head, a store, someone's files
+    if resume:
+        for d in (out, *out.glob("fold*")):  # temporary files of a writer killed mid-write
+            artifacts.clean_temporaries(d)
     ds = resolve_dataset(data, labels)
     ds = ds.select([i for i, (lab, sub) in enumerate(zip(ds.labels, ds.subsets)) if lab and sub != "test"])
     check_trainable(ds)
@@ -377,12 +378,13 @@ def _finetune(data, backbone, labels, out, stages, folds, epochs, resume, device
     from embedtag.embeddings.weights import fingerprint
 
     config = {
-        "kind": "finetuned", "format_version": FORMAT_VERSION, "backbone": cfg.backbone,
+        **artifacts.header(artifacts.RUN, FORMAT_VERSION), "backbone": cfg.backbone,
         "width_mult": spec.options.get("width_mult", 0.4), "vocabulary": list(ds.vocabulary),
         "multi_label": ds.is_multi_label, "front_end": model.front_end.config.as_dict(), "crop_s": cfg.crop_s,
         "tta_crops": cfg.tta_crops, "models": [f"fold{k}/model.safetensors" for k in range(n_folds)],
         "cv_lwlrap": cv, "fold_lwlrap": fold_scores, "train": cfg.as_dict(), "identity": identity,
         "dataset": str(ds.root), "clips": {"curated": int((~noisy).sum()), "noisy": int(noisy.sum())},
+        "train_clip_ids": list(ds.clip_ids),
         "pretrained_weights_sha256": fingerprint(weights_path), "device": dev, "note": PRETRAINING_NOTE,
     }
     _write_json(out / "config.json", config)
@@ -446,7 +448,7 @@ def _write_log(path: Path, history: list[dict]) -> None:
             for r in history:
                 wr.writerow({c: r[c] for c in LOG_COLUMNS})
 
-    _atomic_write_bytes(path, write)
+    atomic_write(path, write)
 
 
 def _read_log(path: Path) -> list[dict]:
