@@ -63,19 +63,20 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     code, _, err = run_cli(capsys, "search", tmp_path / "s", "c00001")
     assert code == 1 and "not a similarity index" in err
     # --out over an existing store is refused rather than overwriting its manifest, --overwrite or not
+    files = sorted(p.name for p in (tmp_path / "other").iterdir())
     for extra in ((), ("--overwrite",)):
         code, _, err = run_cli(capsys, "index", "build", tmp_path / "s", "--out", tmp_path / "other", "-q", *extra)
         assert code == 1 and "it is an embedding store" in err and "Traceback" not in err
         assert json.loads((tmp_path / "other" / "manifest.json").read_text())["backbone"] == "panns-cnn14"
-        assert not (tmp_path / "other" / ".lock").exists()
+        assert sorted(p.name for p in (tmp_path / "other").iterdir()) == files  # nothing added to the store
     # an existing index is replaced only with --overwrite
     before = (tmp_path / "ix" / "manifest.json").read_text()
     code, _, err = run_cli(capsys, "index", "build", tmp_path / "s", "--out", tmp_path / "ix", "-q")
     assert code == 1 and "already holds a similarity index; pass --overwrite" in err
     assert (tmp_path / "ix" / "manifest.json").read_text() == before
-    code, out, _ = run_cli(capsys, "index", "build", tmp_path / "s", "--out", tmp_path / "ix", "-q", "--overwrite",
+    code, _, err = run_cli(capsys, "index", "build", tmp_path / "s", "--out", tmp_path / "ix", "--overwrite",
                            "--metric", "l2")
-    assert code == 0 and "metric=l2" in out
+    assert code == 0 and "metric=l2" in err  # the report is for a person: stderr
     assert SimilarityIndex.load(tmp_path / "ix").manifest.metric == "l2"
     assert sorted(p.name for p in (tmp_path / "ix").iterdir() if p.name.startswith("v")) == ["v000001", "v000002"]
     # a long string is neither a clip id nor a file: said so, not "File name too long"

@@ -457,10 +457,18 @@ def test_sigkill_at_random_points_then_rerun_stores_every_input_once(tmp_path, o
     out = tmp_path / "s"
     rng = random.Random(15)
     kills = 0
+    def shards() -> int:
+        return len(list((out / "shards").glob("part-*.parquet"))) if (out / "shards").is_dir() else 0
+
     for _ in range(5):
+        # kill after a random number of new shards (not after a wall time: that depends on the machine's load),
+        # at a random moment within the next batch
+        target = shards() + rng.randint(1, 3)
         proc = subprocess.Popen(_cmd(d, out, "--batch-size", 2, "--workers", 1), env=_env(),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(1.0, 7.0))
+        while proc.poll() is None and shards() < target:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.3))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1

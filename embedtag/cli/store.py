@@ -8,15 +8,14 @@ from pathlib import Path
 import typer
 
 from embedtag.cli import app
+from embedtag.cli._options import QUIET, VERBOSE, TableJson, format_option, setup_logging
 
 store_app = typer.Typer(help="Verify or repair an embedding store.", no_args_is_help=True)
 app.add_typer(store_app, name="store")
 
-_FORMATS = ("table", "json")
 
-
-def _print(report, fmt: str, repaired: bool) -> None:
-    if fmt == "json":
+def _print(report, fmt: TableJson, repaired: bool) -> None:
+    if fmt == TableJson.json:
         typer.echo(json.dumps(report.as_dict(), indent=2))
         return
     from rich.console import Console
@@ -43,35 +42,31 @@ def _print(report, fmt: str, repaired: bool) -> None:
                       "them)", highlight=False)
 
 
-def _check_format(fmt: str) -> str:
-    if fmt not in _FORMATS:
-        from embedtag.errors import ParamError
-
-        raise ParamError(f"--format {fmt!r}: expected one of {', '.join(_FORMATS)}")
-    return fmt
-
-
 @store_app.command("check", epilog="Example:\n\n  embedtag store check stores/office")
 def check(store: Path = typer.Argument(..., help="An embedding store directory."),
-          fmt: str = typer.Option("table", "--format", help="Output: table or json.")) -> None:
+          fmt: TableJson = format_option(TableJson.table, "table, or json (the check's findings)."),
+          quiet: bool = QUIET, verbose: bool = VERBOSE) -> None:
     """Read every shard in full and check it against the store's layout; exit code 1 when some are bad.
 
     Errors shards and the labels overlay are checked too. `embedtag store repair` moves the bad ones aside."""
+    setup_logging(quiet, verbose)
     from embedtag.store import open_store
 
     report = open_store(store).check()
-    _print(report, _check_format(fmt), repaired=False)
+    _print(report, fmt, repaired=False)
     if not report.ok:
         raise typer.Exit(1)
 
 
 @store_app.command("repair", epilog="Example:\n\n  embedtag store repair stores/office")
 def repair(store: Path = typer.Argument(..., help="An embedding store directory."),
-           fmt: str = typer.Option("table", "--format", help="Output: table or json.")) -> None:
+           fmt: TableJson = format_option(TableJson.table, "table, or json (what was moved)."),
+           quiet: bool = QUIET, verbose: bool = VERBOSE) -> None:
     """Move bad shards to STORE/quarantine/; the next `embedtag extract` embeds their clips again.
 
     Also removes the temporary files a killed writer left."""
+    setup_logging(quiet, verbose)
     from embedtag.store import open_store
 
     report = open_store(store).repair()
-    _print(report, _check_format(fmt), repaired=True)
+    _print(report, fmt, repaired=True)
