@@ -24,7 +24,7 @@ app = typer.Typer(
 )
 
 # Command modules; each defines its commands on ``app`` when imported.
-_COMMAND_MODULES = ["extract", "heads", "search", "finetune", "benchmark"]
+_COMMAND_MODULES = ["extract", "heads", "search", "finetune", "benchmark", "serve"]
 
 
 def _version_callback(value: bool) -> None:
