@@ -137,6 +137,7 @@
   // ------------------------------------------------------------------ analysis
   function analyse(blob, name, decoded) {
     showError("");
+    document.body.removeAttribute("data-state");
     setStatus("Analysing " + name + "…");
     ["tags-section", "timeline-section", "similar-section"].forEach(function (id) { $(id).hidden = true; });
     $("tags").innerHTML = ""; $("similar").innerHTML = "";
@@ -226,7 +227,7 @@
     g.fillStyle = "#5b6570";
     var y = top + rowH * tl.labels.length + 12;
     for (var t = 0; t <= n; t += Math.max(1, Math.ceil(n / 10))) {
-      g.fillText((t * tl.hop_s).toFixed(0) + " s", left + t * cell, y);
+      g.fillText((t * tl.hop_s).toFixed(0) + " s", Math.min(left + t * cell, canvas.width - 40), y);
     }
     $("timeline-cap").textContent = n + " windows of " + tl.window_s + " s; darker is more likely.";
     canvas.setAttribute("aria-label", "Heat map of " + tl.labels.length + " labels over " + n + " windows of " +
