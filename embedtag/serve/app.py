@@ -237,13 +237,13 @@ def create_app(head=None, run=None, index=None, model=None, max_upload_mb: float
         raise ParamError("max_upload_mb, max_duration_s, max_queue and max_batch must be positive")
     service = load_service(head, run, index, model, device)
     metrics = Metrics()
+    state = {"inflight": 0}
     batcher = MicroBatcher(max_batch=max_batch, max_wait_s=max_wait_ms / 1000, max_queue=max_queue,
-                           on_batch=metrics.on_batch)
+                           on_batch=metrics.on_batch, in_flight=lambda: state["inflight"])
     own_dir = upload_dir is None
     up_dir = Path(tempfile.mkdtemp(prefix="embedtag-serve-") if own_dir else upload_dir)
     up_dir.mkdir(parents=True, exist_ok=True)
     max_bytes = int(max_upload_mb * 1e6)
-    state = {"inflight": 0}
     if service.store_note:
         log.warning(service.store_note)
 
@@ -287,25 +287,6 @@ def create_app(head=None, run=None, index=None, model=None, max_upload_mb: float
     async def _unexpected(request: Request, exc: Exception):
         log.exception("internal error on %s %s", request.method, request.url.path)
         return error_response(500, "internal_error", f"{type(exc).__name__}: {exc}"[:300])
-
-    @app.middleware("http")
-    async def _log(request: Request, call_next):
-        start = time.perf_counter()
-        request.state.clip_s = None
-        status = 500
-        try:
-            response = await call_next(request)
-            status = response.status_code
-            return response
-        finally:
-            took = time.perf_counter() - start
-            route = getattr(request.scope.get("route"), "path", None) or (
-                "/static" if request.url.path.startswith("/static") else "unmatched")
-            metrics.requests.labels(request.method, route, str(status)).inc()
-            metrics.latency.labels(route).observe(took)
-            clip = request.state.clip_s
-            log.info("%s %s %d %.1f ms%s", request.method, request.url.path, status, took * 1000,
-                     f" clip {clip:.2f} s" if clip is not None else "")
 
     def authorise(request: Request) -> None:
         if token is None:
@@ -458,8 +439,42 @@ def create_app(head=None, run=None, index=None, model=None, max_upload_mb: float
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.add_middleware(_LogAndCount, metrics=metrics)
     service.clip_id_set = set(service.index.clip_ids) if service.index is not None else set()
     return app
+
+
+class _LogAndCount:
+    """One log line and the request metrics per HTTP request (a plain ASGI middleware: no extra task or stream
+    per request, unlike ``@app.middleware``)."""
+
+    def __init__(self, app, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start = time.perf_counter()
+        status = [500]
+        state = scope.setdefault("state", {})
+
+        async def send_status(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            took = time.perf_counter() - start
+            path = scope.get("path", "")
+            route = getattr(scope.get("route"), "path", None) or ("/static" if path.startswith("/static") else
+                                                                   "unmatched")
+            self.metrics.requests.labels(scope.get("method", ""), route, str(status[0])).inc()
+            self.metrics.latency.labels(route).observe(took)
+            clip = state.get("clip_s")
+            log.info("%s %s %d %.1f ms%s", scope.get("method", ""), path, status[0], took * 1000,
+                     f" clip {clip:.2f} s" if clip is not None else "")
 
 
 def _versions(embedtag_version: str) -> dict:

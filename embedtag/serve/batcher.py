@@ -56,14 +56,17 @@ class MicroBatcher:
     ``max_batch``: windows per model call (a job with more windows runs alone); ``max_wait_s``: how long the
     worker waits for company after the first job arrives; ``max_queue``: jobs waiting at most, beyond which
     :meth:`submit` raises :class:`Overloaded`. ``on_batch(n_jobs, n_windows, seconds)`` is called after each call.
+    ``in_flight()``, when given, counts the requests admitted upstream (uploading, decoding, queued or running):
+    the worker only waits for company when some of them are not in the batch yet, so a lone request pays no wait.
     """
 
     def __init__(self, *, max_batch: int = 32, max_wait_s: float = 0.005, max_queue: int = 64,
-                 on_batch: Callable[[int, int, float], None] | None = None):
+                 on_batch: Callable[[int, int, float], None] | None = None,
+                 in_flight: Callable[[], int] | None = None):
         if max_batch < 1 or max_queue < 1 or max_wait_s < 0:
             raise ValueError("max_batch and max_queue must be >= 1 and max_wait_s >= 0")
         self.max_batch, self.max_wait_s, self.max_queue = int(max_batch), float(max_wait_s), int(max_queue)
-        self.on_batch = on_batch
+        self.on_batch, self.in_flight = on_batch, in_flight
         self._queue: collections.deque[Job] = collections.deque()
         self._cv = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -111,7 +114,8 @@ class MicroBatcher:
             while n < self.max_batch:
                 if not self._queue:
                     left = deadline - time.monotonic()
-                    if left <= 0 or self._stopping:
+                    if left <= 0 or self._stopping or (self.in_flight is not None and
+                                                       self.in_flight() <= len(batch)):
                         break
                     self._cv.wait(left)
                     continue
