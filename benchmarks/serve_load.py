@@ -59,17 +59,21 @@ def naive_app(model: str):
     return app
 
 
-def serve(kind: str, model: str, port: int) -> None:
+def serve(kind: str, model: str, port: int, threads: int | None) -> None:
     """Child process: run one server until killed."""
     import logging
 
     import uvicorn
 
     logging.getLogger("embedtag.serve").setLevel(logging.WARNING)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)  # the same for both servers
     if kind == "batched":
         from embedtag.serve import create_app
 
-        app = create_app(model=model)
+        app = create_app(model=model, threads=threads)
     else:
         app = naive_app(model)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
@@ -91,12 +95,12 @@ def peak_rss_mb(pid: int) -> float | None:
     return None
 
 
-def start(kind: str, model: str) -> tuple[subprocess.Popen, str]:
+def start(kind: str, model: str, threads: int | None = None) -> tuple[subprocess.Popen, str]:
     import httpx
 
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "benchmarks.serve_load", "--serve", kind, "--model", model,
-                             "--port", str(port)], cwd=REPO)
+                             "--port", str(port)] + (["--threads", str(threads)] if threads else []), cwd=REPO)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -161,6 +165,9 @@ def main() -> None:
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--seconds", type=float, default=20.0, help="load per step (per server and client count)")
     ap.add_argument("--n-clips", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=0,
+                    help="PyTorch CPU threads of both servers (0: PyTorch's default)")
+    ap.add_argument("--servers", nargs="+", default=["batched", "naive"], choices=["batched", "naive"])
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "serve_load.json")
     ap.add_argument("--no-save", action="store_true")
     ap.add_argument("--serve", choices=["batched", "naive"], help=argparse.SUPPRESS)
@@ -168,7 +175,7 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("EMBEDTAG_WEIGHTS_DIR", str(SHARED / "models"))
     if args.serve:
-        serve(args.serve, args.model, args.port)
+        serve(args.serve, args.model, args.port, args.threads or None)
         return
 
     folder = SHARED / "data" / DATASET / "audio"
@@ -177,8 +184,8 @@ def main() -> None:
         sys.exit(f"no clips in {folder}")
     clips = [(f.name, f.read_bytes()) for f in files]
     rows = []
-    for kind in ("batched", "naive"):
-        proc, url = start(kind, args.model)
+    for kind in args.servers:
+        proc, url = start(kind, args.model, args.threads or None)
         try:
             asyncio.run(load(url, clips, 2, 3.0))  # warm-up: first calls allocate
             for n in args.clients:
@@ -199,7 +206,7 @@ def main() -> None:
     rps = {r["server"]: r["requests_per_s"] for r in rows if r["clients"] == top}
     result = {
         "model": args.model, "dataset": f"{DATASET} ({len(clips)} real 1 s clips, FLAC)",
-        "seconds_per_step": args.seconds, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared)",
+        "seconds_per_step": args.seconds, "torch_threads": args.threads or "default", "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared)",
         "load_average_1min": round(os.getloadavg()[0], 2),
         "rows": rows,
         "speedup_at_max_clients": round(rps["batched"] / rps["naive"], 2) if rps.get("naive") else None,
@@ -219,7 +226,8 @@ def markdown(result: dict) -> str:
         lines.append(f"| {r['server']} | {r['clients']} | {r['requests_per_s']} | {r['p50_ms']} | {r['p99_ms']} | "
                      f"{r['errors']} | {r.get('peak_rss_mb')} |")
     return "\n\n".join([
-        f"Backbone {result['model']}; clips: {result['dataset']}; {result['seconds_per_step']:g} s per step; "
+        f"Backbone {result['model']} ({result.get('torch_threads', 'default')} PyTorch thread(s) in each server); "
+        f"clips: {result['dataset']}; {result['seconds_per_step']:g} s per step; "
         f"{result['machine']}, 1-minute load average {result['load_average_1min']} at the end.",
         "\n".join(lines),
         f"Micro-batching serves **{result['speedup_at_max_clients']}x** the naive server's requests/s at "

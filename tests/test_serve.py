@@ -385,3 +385,49 @@ def test_a_public_host_needs_a_token(capsys):
     assert code == 1 and "--token" in err and "--allow-unauthenticated" in err
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.10")
+
+
+def test_the_cli_serves_and_logs_one_line_per_request(shared_models, tmp_path):
+    """`embedtag serve` in its own process: it answers on loopback and logs each request in one line."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from conftest import REPO
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    log = tmp_path / "serve.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "embedtag", "serve", "--model", MODEL, "--port", str(port),
+                                 "--max-duration-s", "5"], stderr=err, stdout=subprocess.DEVNULL, env=env)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 120
+            while True:
+                assert proc.poll() is None, log.read_text()
+                try:
+                    if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert time.monotonic() < deadline, "embedtag serve did not start"
+                time.sleep(0.2)
+            r = httpx.post(url + "/v1/tag", files={"file": ("speech001.wav", audio("speech001.wav").read_bytes())},
+                           timeout=60)
+            assert r.status_code == 200 and r.json()["tags"][0]["label"] == "Speech"
+            assert httpx.post(url + "/v1/tag", content=b"nope", timeout=60).status_code == 415
+            assert httpx.get(url + "/v1/info", timeout=10).json()["limits"]["max_duration_s"] == 5
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    lines = log.read_text().splitlines()
+    assert any("serving backbone efficientat-mn04 (527 labels)" in x for x in lines)
+    tagged = [x for x in lines if "POST /v1/tag" in x]
+    assert len(tagged) == 2 and " 200 " in tagged[0] and "clip 1.90 s" in tagged[0] and " 415 " in tagged[1]

@@ -56,6 +56,8 @@ def serve(
     max_batch: int = typer.Option(32, "--max-batch", min=1, help="Windows per shared model call."),
     max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", min=0.0, help="Wait for concurrent requests to batch."),
     max_queue: int = typer.Option(64, "--max-queue", min=1, help="Requests in flight before answering 503."),
+    threads: int | None = typer.Option(None, "--threads", min=1, help="PyTorch CPU threads for the model "
+                                                                      "(1 is steadier on a small, busy CPU)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Log warnings and errors only (no request lines)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug details too."),
 ) -> None:
@@ -72,7 +74,7 @@ def serve(
     logging.getLogger("embedtag").setLevel(level)
     app_ = create_app(head=head, run=run, index=index, model=model, max_upload_mb=max_upload_mb,
                       max_duration_s=max_duration_s, token=token, device=device, max_batch=max_batch,
-                      max_wait_ms=max_wait_ms, max_queue=max_queue)
+                      max_wait_ms=max_wait_ms, max_queue=max_queue, threads=threads)
     try:
         import uvicorn
     except ImportError:

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import anyio
 import numpy as np
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -149,6 +150,9 @@ def load_service(head=None, run=None, index=None, model=None, device: str = "aut
                                                                                    DEFAULT_WINDOW_S),
                                        pooling=key.get("pooling") or "mean", backbone=ib)
         service.clip_paths, service.store_note = _index_store(idx, index_path)
+    # one call before the first request: the first call of a model allocates and selects kernels
+    for scorer in {id(s): s for s in (tagger, service.embedder) if s is not None}.values():
+        scorer.run_windows([np.zeros(scorer.sample_rate, np.float32)])
     return service
 
 
@@ -217,7 +221,8 @@ def _round(x) -> float:
 
 def create_app(head=None, run=None, index=None, model=None, max_upload_mb: float = 50, max_duration_s: float = 600,
                token: str | None = None, *, device: str = "auto", max_batch: int = 32, max_wait_ms: float = 5.0,
-               max_queue: int = 64, upload_dir: str | os.PathLike | None = None, top_k: int = 10):
+               max_queue: int = 64, upload_dir: str | os.PathLike | None = None, top_k: int = 10,
+               threads: int | None = None):
     """The embedtag web service as a FastAPI app (mount it in another ASGI app, or serve it with uvicorn).
 
     ``head`` / ``run``: a head or fine-tuned run (a directory or a loaded one) to tag with; neither: the backbone's
@@ -229,12 +234,23 @@ def create_app(head=None, run=None, index=None, model=None, max_upload_mb: float
     (413), ``max_queue`` requests in flight (503 with Retry-After beyond). ``token``: every ``/v1`` route and
     ``/metrics`` then need ``Authorization: Bearer TOKEN`` (401 otherwise). Micro-batching: ``max_batch`` windows
     per model call, after waiting at most ``max_wait_ms`` for concurrent requests. ``upload_dir``: where uploads
-    are spooled (default: a private temporary folder, removed at shutdown). ``top_k``: tags returned."""
+    are spooled (default: a private temporary folder, removed at shutdown). ``top_k``: tags returned.
+    ``threads``: PyTorch CPU threads for the model (process-wide; default: PyTorch's choice). On a small or busy
+    CPU 1 is steadier: OpenMP threads that wait for a core stall every batch."""
     from embedtag import __version__
     from embedtag.serve import schemas as S
 
     if max_upload_mb <= 0 or max_duration_s <= 0 or max_queue < 1 or max_batch < 1:
         raise ParamError("max_upload_mb, max_duration_s, max_queue and max_batch must be positive")
+    if threads is not None:
+        if threads < 1:
+            raise ParamError(f"threads must be >= 1, got {threads}")
+        try:
+            import torch
+
+            torch.set_num_threads(int(threads))
+        except ImportError:  # a TFLite-only install: nothing to set
+            pass
     service = load_service(head, run, index, model, device)
     metrics = Metrics()
     state = {"inflight": 0}
@@ -244,6 +260,9 @@ def create_app(head=None, run=None, index=None, model=None, max_upload_mb: float
     up_dir = Path(tempfile.mkdtemp(prefix="embedtag-serve-") if own_dir else upload_dir)
     up_dir.mkdir(parents=True, exist_ok=True)
     max_bytes = int(max_upload_mb * 1e6)
+    # a few decoding threads, not one per request: dozens of threads decoding at once only fight the model thread
+    # for the GIL and the cores, and each holds a decoded clip in memory
+    decoders = anyio.CapacityLimiter(max(2, min(8, os.cpu_count() or 2)))
     if service.store_note:
         log.warning(service.store_note)
 
@@ -324,8 +343,8 @@ def create_app(head=None, run=None, index=None, model=None, max_upload_mb: float
             metrics.queue.set(batcher.depth)
 
     async def decoded(request: Request, up, scorer: FrameScorer):
-        windows, durations, duration_s = await run_in_threadpool(_decode, up.path, up.filename, scorer,
-                                                                 max_duration_s)
+        windows, durations, duration_s = await anyio.to_thread.run_sync(
+            _decode, up.path, up.filename, scorer, max_duration_s, limiter=decoders)
         request.state.clip_s = duration_s
         return windows, durations, duration_s
 
