@@ -231,7 +231,9 @@ def markdown(result: dict) -> str:
         f"{result['machine']}, 1-minute load average {result['load_average_1min']} at the end.",
         "\n".join(lines),
         f"Micro-batching serves **{result['speedup_at_max_clients']}x** the naive server's requests/s at "
-        f"{result['max_clients']} clients (goal: {result['goal']})."])
+        f"{result['max_clients']} clients (goal: {result['goal']}). Peak RSS is each server process's high-water "
+        "mark over all its steps. On a shared 2-core CPU the numbers move with the other processes' load: the "
+        "model thread and the event loop also compete for the GIL, which keeps batches small."])
 
 
 if __name__ == "__main__":
