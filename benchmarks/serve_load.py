@@ -225,15 +225,15 @@ def markdown(result: dict) -> str:
     for r in result["rows"]:
         lines.append(f"| {r['server']} | {r['clients']} | {r['requests_per_s']} | {r['p50_ms']} | {r['p99_ms']} | "
                      f"{r['errors']} | {r.get('peak_rss_mb')} |")
-    return "\n\n".join([
-        f"Backbone {result['model']} ({result.get('torch_threads', 'default')} PyTorch thread(s) in each server); "
-        f"clips: {result['dataset']}; {result['seconds_per_step']:g} s per step; "
-        f"{result['machine']}, 1-minute load average {result['load_average_1min']} at the end.",
-        "\n".join(lines),
-        f"Micro-batching serves **{result['speedup_at_max_clients']}x** the naive server's requests/s at "
-        f"{result['max_clients']} clients (goal: {result['goal']}). Peak RSS is each server process's high-water "
-        "mark over all its steps. On a shared 2-core CPU the numbers move with the other processes' load: the "
-        "model thread and the event loop also compete for the GIL, which keeps batches small."])
+    setup = (f"Backbone {result['model']} ({result.get('torch_threads', 'default')} PyTorch thread(s) in each "
+             f"server); clips: {result['dataset']}; {result['seconds_per_step']:g} s per step; "
+             f"{result['machine']}, 1-minute load average {result['load_average_1min']} at the end.")
+    verdict = (f"Micro-batching serves **{result['speedup_at_max_clients']}x** the naive server's requests/s at "
+               f"{result['max_clients']} clients (goal: {result['goal']}). Peak RSS is each server process's "
+               "high-water mark over all its steps. On a shared 2-core CPU the numbers move with the other "
+               "processes' load: the model thread and the event loop also compete for the GIL, which keeps batches "
+               "small.")
+    return "\n\n".join([setup, "\n".join(lines), verdict])
 
 
 if __name__ == "__main__":

@@ -62,8 +62,8 @@ def iter_frames(source, sample_rate: int, window_s: float, hop_s: float | None =
     The last window is shorter when the audio does not fill it; a window whose span is already covered by the
     previous one is not emitted. A file is streamed (:func:`~embedtag.embeddings.audio.iter_windows`), so memory
     holds one window plus one hop, whatever the file's length. Raises AudioError naming the file."""
-    window = max(1, int(round(window_s * sample_rate)))
-    hop = window if hop_s is None else max(1, int(round(hop_s * sample_rate)))
+    window = max(1, round(window_s * sample_rate))
+    hop = window if hop_s is None else max(1, round(hop_s * sample_rate))
     if hop > window:
         raise ParamError(f"hop_s={hop_s} is longer than window_s={window_s}: windows would leave gaps")
     if isinstance(source, np.ndarray):

@@ -259,7 +259,7 @@ def test_concurrent_requests_are_batched_and_give_the_sequential_results(served)
 
 
 def _metric(client, name: str) -> float:
-    m = re.search(rf"^{name} (\S+)$", client.get("/metrics").text, re.M)
+    m = re.search(rf"^{name} (\S+)$", client.get("/metrics").text, re.MULTILINE)
     return float(m.group(1))
 
 
@@ -372,7 +372,7 @@ def test_a_head_of_another_backbone_than_the_index_fails_at_start_up(artifacts, 
     with pytest.raises(IncompatibleError, match="yamnet-lite.*efficientat-mn04") as e:
         create_app(head=other, index=index, model=backbone)
     assert "\n" not in str(e.value)
-    code, out, err = run_cli(capsys, "serve", "--head", other, "--index", index)
+    code, _, err = run_cli(capsys, "serve", "--head", other, "--index", index)
     assert code == 1 and err.strip().startswith("error:") and "yamnet-lite" in err and "Traceback" not in err
     code, _, err = run_cli(capsys, "serve", "--index", head)  # a head is no index
     assert code == 1 and "is a head, not a similarity index" in err

@@ -504,6 +504,6 @@ def _versions(embedtag_version: str) -> dict:
     for mod in ("torch", "faiss"):
         try:
             out[mod] = __import__(mod).__version__
-        except Exception:  # not installed, or no version attribute
+        except Exception:  # noqa: BLE001, S110 - not installed, or no version attribute
             pass
     return out

@@ -136,7 +136,7 @@ class MicroBatcher:
             if self.on_batch is not None:
                 try:
                     self.on_batch(len(batch), sum(len(j.windows) for j in batch), time.perf_counter() - start)
-                except Exception:  # metrics must never take the worker down
+                except Exception:  # noqa: BLE001, S110 - metrics must never take the worker down
                     pass
             for job, res in zip(batch, results):
                 job.loop.call_soon_threadsafe(_deliver, job.future, res)

@@ -136,7 +136,7 @@ async def _multipart(request, content_type: str, out, max_bytes: int) -> tuple[s
         parser.finalize()
     except UploadError:
         raise
-    except Exception as exc:  # python-multipart's parse errors
+    except Exception as exc:  # noqa: BLE001 - python-multipart's parse errors have no common base
         raise UploadError(400, "bad_request", f"malformed multipart body: {exc}") from None
     if not st["found"]:
         raise UploadError(422, "missing_file", "the multipart body has no field named 'file'; send the audio as "
