@@ -355,7 +355,10 @@ def tag_clip(predictor_or_backbone, source, *, k: int = 5, sample_rate: int | No
     The clip is windowed and pooled exactly as ``embedtag extract`` does for the head's store, so a head gives the
     scores ``predict_files`` gives."""
     scorer = make_scorer(predictor_or_backbone, backbone=backbone, device=device)
-    (_, src), = _sources(source)
+    sources = _sources(source)
+    if len(sources) != 1:
+        raise ParamError(f"tag_clip tags one clip, got {len(sources)}; use predict_frames for several")
+    src = sources[0][1]
     spans: list[tuple[int, int]] = []
     outs: list[WindowOutput] = []
     for sp, out in _scored_windows(scorer, src, scorer.window_s, None, sample_rate, batch_size, max_duration_s):
