@@ -24,7 +24,9 @@ if not IN_CI:
 pytestmark = pytest.mark.slow  # extracts the office store when no other test did
 
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", "--no-first-run"]
+         "--disable-sync", "--no-first-run",
+         # a synthetic microphone (a beep), granted without a prompt, for the recording path
+         "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
 
 
 def free_port() -> int:
@@ -112,6 +114,16 @@ def test_upload_a_clip_through_the_page(server, tmp_path):
             if os.environ.get("EMBEDTAG_UPDATE_SCREENSHOT"):
                 (REPO / "docs").mkdir(exist_ok=True)
                 shutil.copy(shot, REPO / "docs" / "serve.png")
+
+            # record from the (synthetic) microphone: the page decodes the recording and sends WAV
+            page.click("#record")
+            page.wait_for_function("document.getElementById('record').getAttribute('aria-pressed') === 'true'")
+            page.wait_for_timeout(2500)
+            page.click("#record")
+            page.wait_for_selector("body[data-state=done]", timeout=60_000)
+            assert page.locator("#status").inner_text() == "Done: recording.wav."
+            assert "recording.wav" in page.locator("#wave-cap").inner_text() and page.locator("#tags li").count() == 10
+            assert not errors
 
             # a file that is no audio: the API's error, in words, on the page
             bad = tmp_path / "notes.txt"

@@ -104,6 +104,7 @@
         }).catch(function () { showError("The recording could not be decoded by the browser."); });
       };
       recorder.start();
+      document.body.setAttribute("data-state", "recording");
       btn.setAttribute("aria-pressed", "true");
       btn.textContent = "■ Stop";
       setStatus("Recording… press Stop when done.");
