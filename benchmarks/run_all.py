@@ -40,8 +40,8 @@ RESULTS = HERE / "results"
 README = HERE / "README.md"
 
 #: Benchmark scripts in the order they run (those missing from the checkout are skipped).
-SCRIPTS = ["extract_speed", "heads_speed", "heads_real", "search_speed", "search_real", "finetune_compare",
-           "benchmark_reports"]
+SCRIPTS = ["extract_speed", "heads_speed", "heads_real", "search_speed", "search_real", "serve_load",
+           "finetune_compare", "benchmark_reports"]
 #: Steps run inside this process rather than as a script (name -> one-line description).
 BUILTIN = {"benchmark_reports": "`embedtag benchmark` on every labelled dataset in ../shared/data: the best head "
                                 "and noisy-label strategy, baselines, retrieval, throughput and memory per backbone."}
@@ -52,6 +52,7 @@ QUICK_ARGS: dict[str, list[str] | None] = {
     "extract_speed": ["--quick"],  # does not save in quick mode
     "search_speed": ["--sizes", "20000", "--dims", "1024", "--no-save", "--flat-up-to", "0"],
     "search_real": ["--out", "/tmp/embedtag_search_real_quick.json"],
+    "serve_load": ["--seconds", "3", "--clients", "1", "8", "--no-save"],
     "heads_speed": None,
     "heads_real": None,
     "finetune_compare": None,
