@@ -8,7 +8,7 @@ Audio -> AudioSet-pretrained backbone -> embedding store -> heads / similarity i
     head, report = embedtag.fit_head(store.path, head="logreg", folds=5)               # a scikit-learn style head
     probs = embedtag.predict_files(head, ["new.wav"])                                   # DataFrame: fname + labels
     index = embedtag.build_index(store.path)                                            # FAISS similarity index
-    neighbours = index.query(["new.wav"], 5)
+    neighbours = index.search(["new.wav"], 5)
 
 The names in ``__all__`` are the public API; ``dir(embedtag)`` lists them and ``help(embedtag.NAME)`` shows each
 one's documentation. They are imported lazily, on first use, so that ``import embedtag`` stays fast and never
@@ -24,7 +24,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 # public name -> (module, attribute); attribute None: the module itself. Several modules are tried in order
-# where a name is moving (load_dataset: embedtag.inputs, before it, embedtag.datasets).
+# where a name is moving.
 _LAZY: dict[str, tuple[tuple[str, ...], str | None]] = {
     # audio -> embeddings
     "encode": (("embedtag.embeddings.pipeline",), "encode"),
@@ -36,7 +36,9 @@ _LAZY: dict[str, tuple[tuple[str, ...], str | None]] = {
     "open_store": (("embedtag.store",), "open_store"),
     "EmbeddingStore": (("embedtag.store",), "EmbeddingStore"),
     # inputs
-    "load_dataset": (("embedtag.inputs", "embedtag.datasets"), "load_dataset"),
+    "load_dataset": (("embedtag.inputs",), "load_dataset"),
+    "resolve_sources": (("embedtag.inputs",), "resolve_sources"),
+    "split_dataset": (("embedtag.inputs",), "split_dataset"),
     # heads and predictions
     "fit_head": (("embedtag.heads",), "fit_head"),
     "make_head": (("embedtag.heads",), "make_head"),
@@ -46,10 +48,14 @@ _LAZY: dict[str, tuple[tuple[str, ...], str | None]] = {
     "predict_files": (("embedtag.heads",), "predict_files"),
     "evaluate_head": (("embedtag.heads",), "evaluate_head"),
     "lwlrap": (("embedtag.metrics",), "lwlrap"),
+    # tagging over time
+    "predict_frames": (("embedtag.frames",), "predict_frames"),
+    "tag_clip": (("embedtag.frames",), "tag_clip"),
     # similar-sound search
     "build_index": (("embedtag.search",), "build_index"),
     "SimilarityIndex": (("embedtag.search",), "SimilarityIndex"),
     "evaluate_index": (("embedtag.search",), "evaluate_index"),
+    "load_index": (("embedtag.search",), "load_index"),
     # fine-tuning (the subpackage; see the module docstring)
     "finetune": (("embedtag.finetune",), None),
     "load_finetuned": (("embedtag.finetune",), "load_finetuned"),
