@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from embedtag.cli import app
+from embedtag.cli._options import QUIET, VERBOSE, device_option, model_option
 
 
 def is_loopback(host: str) -> bool:
@@ -42,8 +43,7 @@ def serve(
     run: Path | None = typer.Option(None, "--run", help="A fine-tuned run (from `embedtag finetune`) to tag with."),
     index: Path | None = typer.Option(None, "--index", help="A similarity index (from `embedtag index build`) for "
                                                             "/v1/search and clip playback."),
-    model: str | None = typer.Option(None, "--model", "-m", help="Backbone for AudioSet tags when there is no head "
-                                                                 "or run (default: the project's default)."),
+    model: str | None = model_option(None, "Backbone for AudioSet tags when there is no head or run."),
     host: str = typer.Option("127.0.0.1", help="Address to bind; anything but loopback needs --token."),
     port: int = typer.Option(8000, min=0, max=65535, help="Port to listen on."),
     max_upload_mb: float = typer.Option(50.0, "--max-upload-mb", min=0.001, help="Largest upload accepted (413)."),
@@ -52,14 +52,14 @@ def serve(
                                      help="Require 'Authorization: Bearer TOKEN' on /v1 and /metrics."),
     allow_unauthenticated: bool = typer.Option(False, "--allow-unauthenticated",
                                                help="Allow a non-loopback --host without --token."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    device: str = device_option("Where the model runs."),
     max_batch: int = typer.Option(32, "--max-batch", min=1, help="Windows per shared model call."),
     max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", min=0.0, help="Wait for concurrent requests to batch."),
     max_queue: int = typer.Option(64, "--max-queue", min=1, help="Requests in flight before answering 503."),
     threads: int | None = typer.Option(None, "--threads", min=1, help="PyTorch CPU threads for the model "
                                                                       "(1 is steadier on a small, busy CPU)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Log warnings and errors only (no request lines)."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug details too."),
+    quiet: bool = QUIET,
+    verbose: bool = VERBOSE,
 ) -> None:
     """Serve tagging and similar-sound search over HTTP, with a page at / and the API documented at /docs.
 
