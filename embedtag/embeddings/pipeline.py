@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from embedtag.embeddings import audio as A
-from embedtag.errors import AudioError, DataError, EmbedtagError
+from embedtag.errors import AudioError, DataError, EmbedtagError, ParamError
 
 POOLINGS = ("mean", "max", "meanmax")
 DEFAULT_WINDOW_S = 10.0
@@ -415,13 +415,23 @@ def extract(src, out: str | os.PathLike, model="yamnet", *, labels=None, weights
             batch_size: int | None = None, workers: int | None = None, pooling: str = "mean",
             window_s: float | None = None, scores: bool = True, strict: bool = False,
             max_duration_s: float | None = A.DEFAULT_MAX_DURATION_S, limit: int | None = None,
-            progress: bool = True) -> ExtractSummary:
+            progress: bool = True, engine: str = "local", ray_address: str | None = None,
+            actors: int | None = None, gpus_per_actor: float | None = None,
+            cpus_per_decoder: float | None = None) -> ExtractSummary:
     """Embed ``src`` (see :func:`collect_sources`) into the embedding store at ``out``; resumable.
 
     Clips already in the store (or already recorded as failed) are skipped. Unreadable files are recorded in
     the store's errors table and the run goes on, unless ``strict`` (then the first one raises AudioError).
+
+    ``engine="ray"`` runs decoding and the model on a Ray cluster (:mod:`embedtag.embeddings.ray_engine`;
+    ``ray_address`` ``"auto"`` or ``HOST:PORT``, ``actors``, ``gpus_per_actor``, ``cpus_per_decoder``) and writes
+    the same store; the other arguments mean the same, except ``device`` and ``workers`` (actors use CUDA when
+    ``gpus_per_actor`` > 0; decoding runs on the cluster's CPUs).
     """
     from embedtag.store import EmbeddingStore, StoreManifest
+
+    engine_run = _engine(engine, ray_address=ray_address, actors=actors, gpus_per_actor=gpus_per_actor,
+                         cpus_per_decoder=cpus_per_decoder, weights=weights)
 
     sources = collect_sources(src, labels)
     if limit is not None:
@@ -459,11 +469,28 @@ def extract(src, out: str | os.PathLike, model="yamnet", *, labels=None, weights
     start = time.perf_counter()
     try:
         with _progress_bar(progress, len(todo), f"{backbone.name} → {Path(out).name}") as advance:
-            run(backbone, todo, on_batch=on_batch, on_error=on_error, batch_size=batch_size, workers=workers,
+            engine_run(backbone, todo, on_batch=on_batch, on_error=on_error, batch_size=batch_size, workers=workers,
                 pooling=pooling, window_s=window_s, max_duration_s=max_duration_s, on_progress=advance)
     finally:
         summary.elapsed_s = time.perf_counter() - start
     return summary
+
+
+def _engine(engine: str, *, weights=None, **ray_options) -> Callable:
+    """``run`` for ``engine="local"``; ``ray_engine.run_ray`` bound to the Ray options for ``engine="ray"``."""
+    given = {k: v for k, v in ray_options.items() if v is not None}
+    if engine == "local":
+        if given:
+            raise ParamError(f"{', '.join(sorted(given))} only apply to engine='ray' (--engine ray)")
+        return run
+    if engine != "ray":
+        raise ParamError(f"unknown engine {engine!r}; use local or ray")
+    import functools
+
+    from embedtag.embeddings import ray_engine
+
+    ray_engine.import_ray()  # "pip install 'embedtag[ray]'" before any model is loaded
+    return functools.partial(ray_engine.run_ray, weights=weights, **given)
 
 
 class _progress_bar:
