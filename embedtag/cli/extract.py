@@ -13,7 +13,8 @@ EXIT_FAILURES = 3  # the run finished but some files were recorded as failed
 
 @app.command(epilog="Examples:\n\n  embedtag extract ../shared/data/dcase2016_task2_office --model yamnet --out stores/office\n\n"
                     "  embedtag extract train_curated.csv --model panns-cnn14 --out stores/curated --batch-size 32\n\n"
-                    "  embedtag extract clips/ --model yamnet-lite --out stores/clips --pooling meanmax")
+                    "  embedtag extract clips/ --model yamnet-lite --out stores/clips --pooling meanmax\n\n"
+                    "  embedtag extract audioset.csv --out stores/as --engine ray --ray-address auto --gpus-per-actor 1")
 def extract(
     src: list[Path] = typer.Argument(..., help="Audio directory (recursive), a dataset folder (labels.csv + audio/), "
                                                "a CSV with fname[,labels], or audio files."),
@@ -32,6 +33,16 @@ def extract(
     max_duration_s: float = typer.Option(3 * 3600.0, "--max-duration-s", help="Refuse files longer than this."),
     limit: int | None = typer.Option(None, help="Only the first N inputs (for a quick look)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    engine: str = typer.Option("local", help="local (this process) or ray (a Ray cluster; pip install "
+                                             "'embedtag[ray]'). Same store either way."),
+    ray_address: str | None = typer.Option(None, "--ray-address", help="[ray] auto (join `ray start`'s cluster, "
+                                                                       "else start a local one) or HOST:PORT."),
+    actors: int | None = typer.Option(None, min=1, help="[ray] Model actors (default: GPUs / --gpus-per-actor, "
+                                                        "else one per 4 CPUs)."),
+    gpus_per_actor: float | None = typer.Option(None, "--gpus-per-actor", min=0, help="[ray] GPUs per actor "
+                                                                                      "(> 0: the model runs on CUDA)."),
+    cpus_per_decoder: float | None = typer.Option(None, "--cpus-per-decoder", min=0.01,
+                                                  help="[ray] CPUs per decoding task (default 1)."),
 ) -> None:
     """Embed audio into an embedding store (Parquet shards + manifest); a rerun resumes where it stopped.
 
@@ -43,7 +54,9 @@ def extract(
     summary = run_extract([str(s) for s in src] if len(src) > 1 else str(src[0]), out, model=model,
                           labels=labels, weights=weights, device=device, batch_size=batch_size, workers=workers,
                           pooling=pooling, window_s=window_s, scores=scores, strict=strict,
-                          max_duration_s=max_duration_s, limit=limit, progress=not quiet)
+                          max_duration_s=max_duration_s, limit=limit, progress=not quiet, engine=engine,
+                          ray_address=ray_address, actors=actors, gpus_per_actor=gpus_per_actor,
+                          cpus_per_decoder=cpus_per_decoder)
     print_summary(summary)
     if summary.n_failed:
         raise typer.Exit(EXIT_FAILURES)
