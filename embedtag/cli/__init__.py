@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> None:
         app(args=argv)
     except EmbedtagError as exc:
         from rich.console import Console
+        from rich.markup import escape
 
-        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        # escaped: messages hold brackets that are not markup (pip install 'embedtag[ray]')
+        Console(stderr=True).print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(1)

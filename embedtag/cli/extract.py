@@ -72,6 +72,8 @@ def print_summary(summary) -> None:
     t.add_row("clips stored", f"{summary.n_stored}  (skipped, already done: {summary.n_skipped})")
     t.add_row("audio", f"{summary.audio_s / 3600:.3f} h")
     t.add_row("failures", str(summary.n_failed))
+    if getattr(summary, "ray", None) is not None:
+        t.add_row("ray", summary.ray.describe())
     t.add_row("time", f"{summary.elapsed_s:.1f} s")
     t.add_row("throughput", f"{summary.clips_per_s:.1f} clips/s, {summary.realtime_factor:.0f}x real time")
     console.print(t)

@@ -57,6 +57,8 @@ class ExtractSummary:
     audio_s: float = 0.0
     elapsed_s: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)
+    #: engine="ray": where the work ran (``ray_engine.RayRunStats``: nodes, actors, retries absorbed)
+    ray: object | None = None
 
     @property
     def clips_per_s(self) -> float:
@@ -469,7 +471,7 @@ def extract(src, out: str | os.PathLike, model="yamnet", *, labels=None, weights
     start = time.perf_counter()
     try:
         with _progress_bar(progress, len(todo), f"{backbone.name} → {Path(out).name}") as advance:
-            engine_run(backbone, todo, on_batch=on_batch, on_error=on_error, batch_size=batch_size, workers=workers,
+            summary.ray = engine_run(backbone, todo, on_batch=on_batch, on_error=on_error, batch_size=batch_size, workers=workers,
                 pooling=pooling, window_s=window_s, max_duration_s=max_duration_s, on_progress=advance)
     finally:
         summary.elapsed_s = time.perf_counter() - start
@@ -489,7 +491,8 @@ def _engine(engine: str, *, weights=None, **ray_options) -> Callable:
 
     from embedtag.embeddings import ray_engine
 
-    ray_engine.import_ray()  # "pip install 'embedtag[ray]'" before any model is loaded
+    ray_engine.import_ray()  # "pip install 'embedtag[ray]'" before any model is loaded or store created
+    ray_engine.check_address(given.get("ray_address"))
     return functools.partial(ray_engine.run_ray, weights=weights, **given)
 
 

@@ -77,6 +77,12 @@ class RayRunStats:
     decoded_in_actor: int = 0  # clips decoded inside an actor (would mean Ray fused decoding into the pool)
     duplicates: int = 0  # rows dropped because their clip was already closed (a retried task's re-emission)
 
+    def describe(self) -> str:
+        return (f"{len(self.nodes)} node(s), {self.actors} actor(s)"
+                f"{f' x {self.gpus_per_actor:g} GPU' if self.gpus_per_actor else ' on CPU'}; embedded on "
+                f"{len(self.embed_nodes)} node(s) by {len(self.embed_actors)} actor process(es)"
+                f"{f', {self.duplicates} re-delivered rows dropped' if self.duplicates else ''}")
+
 
 # ----------------------------------------------------------------------------------------------- cluster
 def import_ray():
@@ -106,15 +112,7 @@ def connect(address: str | None = "auto") -> bool:
         except ConnectionError:  # no cluster running here: start a local one
             ray.init(address="local", object_store_memory=LOCAL_OBJECT_STORE_BYTES, **common)
         return True
-    if "://" not in address:
-        host, _, port = address.rpartition(":")
-        if not host or not port.isdigit():
-            raise ParamError(f"--ray-address {address!r}: use auto or HOST:PORT (the head's GCS port, 6379 by default)")
-        try:  # a dead address would otherwise stall in Ray's own connection retries for a minute
-            socket.create_connection((host, int(port)), timeout=5).close()
-        except OSError as exc:
-            raise EmbedtagError(f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}); start its head "
-                                "with `ray start --head`, or use --ray-address auto") from None
+    check_address(address)
     try:
         ray.init(address=address, **common)
     except Exception as exc:  # AuthenticationError, version mismatch...: one line, not Ray's traceback
@@ -123,6 +121,22 @@ def connect(address: str | None = "auto") -> bool:
             if "AuthToken" in str(exc) or "Authentication" in type(exc).__name__ else ""
         raise EmbedtagError(f"cannot join the Ray cluster at {address}: {first[:300]}{hint}") from None
     return True
+
+
+def check_address(address: str | None) -> None:
+    """A HOST:PORT address must parse and accept a connection (a dead one would otherwise stall in Ray's own
+    connection retries for a minute); ``auto`` and ``ray://`` addresses are left to Ray."""
+    address = (address or "auto").strip()
+    if address == "auto" or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ParamError(f"--ray-address {address!r}: use auto or HOST:PORT (the head's GCS port, 6379 by default)")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise EmbedtagError(f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}); start its head "
+                            "with `ray start --head`, or use --ray-address auto") from None
 
 
 def _quiet_ray_data(ray) -> None:

@@ -1,0 +1,211 @@
+"""`extract --engine ray`: the same store as the local engine, on a local Ray instance, on a two-node cluster on
+loopback, and through a worker killed mid-job; clear errors when Ray is missing or unreachable.
+
+Real clips (dcase office sounds, donateacry cries, the longest sonicpi samples), YAMNet-Lite, 1 s windows so that
+clips have several windows and the longer ones take the streamed decoding path.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+
+pytest.importorskip("ray", reason="needs the ray extra: pip install 'embedtag[ray]'")
+
+MODEL = "yamnet-lite"
+WINDOW_S = 1.0
+
+
+@pytest.fixture(scope="module")
+def clips(shared_data, tmp_path_factory) -> Path:
+    """40 real clips (1 to 11 windows each) and one file that is not audio, in one folder."""
+    import soundfile as sf
+
+    d = tmp_path_factory.mktemp("ray_clips")
+    picks = sorted((shared_data / "dcase2016_task2_office" / "audio").iterdir())[:30]
+    picks += sorted((shared_data / "donateacry_cleaned" / "audio").iterdir())[:8]
+    sonic = sorted((shared_data / "sonicpi_samples" / "audio").iterdir(), key=lambda f: -sf.info(f).duration)
+    picks += sonic[:2]
+    for f in picks:
+        (d / f.name).symlink_to(f)
+    (d / "broken.wav").write_text("this is not audio\n")
+    return d
+
+
+@pytest.fixture(scope="module")
+def local_store(clips, tmp_path_factory):
+    from embedtag.embeddings.pipeline import extract
+    from embedtag.store import open_store
+
+    out = tmp_path_factory.mktemp("ray_local") / "store"
+    extract(clips, out, model=MODEL, window_s=WINDOW_S, progress=False)
+    return open_store(out)
+
+
+def assert_same_store(store, reference) -> None:
+    """Same clip set, each clip once, embeddings and scores within 1e-5, same metadata and failures."""
+    ids, ref_ids = store.clip_ids, reference.clip_ids
+    assert len(ids) == len(set(ids)), "a clip was stored twice"
+    assert set(ids) == set(ref_ids)
+    emb = dict(zip(ids, store.embeddings()))
+    ref = dict(zip(ref_ids, reference.embeddings()))
+    assert max(np.abs(emb[k] - ref[k]).max() for k in ref_ids) <= 1e-5
+    sc, ref_sc = dict(zip(ids, store.scores())), dict(zip(ref_ids, reference.scores()))
+    assert max(np.abs(sc[k] - ref_sc[k]).max() for k in ref_ids) <= 1e-5
+    cols = ["clip_id", "duration_s", "sample_rate", "channels", "n_windows", "peak", "rms_dbfs"]
+    a = store.to_pandas(cols).sort_values("clip_id").reset_index(drop=True)
+    b = reference.to_pandas(cols).sort_values("clip_id").reset_index(drop=True)
+    assert a.equals(b)
+    assert b["n_windows"].max() > 6  # the streamed path (clips longer than STREAM_THRESHOLD_WINDOWS) was taken
+    err, ref_err = store.errors(), reference.errors()
+    assert sorted(zip(err.clip_id, err.reason)) == sorted(zip(ref_err.clip_id, ref_err.reason))
+
+
+def _short_tmp(tag: str) -> str:
+    # Ray's socket paths live under its temp dir and must stay under the 107-byte limit of a Unix socket path
+    return tempfile.mkdtemp(prefix=f"et-{tag}-", dir="/tmp")
+
+
+def _map_workers() -> list[int]:
+    """pids of Ray Data actor processes below this process (the local instance's raylet is our child)."""
+    found, todo = [], [os.getpid()]
+    while todo:
+        pid = todo.pop()
+        try:
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            continue
+        for c in map(int, children):
+            todo.append(c)
+            try:
+                title = Path(f"/proc/{c}/cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            if "MapWorker" in title and "EmbedActor" in title:
+                found.append(c)
+    return found
+
+
+@pytest.mark.slow
+class TestLocalRay:
+    """A local Ray instance with 2 CPUs, started in this process."""
+
+    @pytest.fixture(scope="class", autouse=True)
+    def local_ray(self):
+        import ray
+
+        tmp = _short_tmp("ray")
+        ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=256 << 20,
+                 log_to_driver=False, _temp_dir=tmp)
+        yield
+        ray.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    def test_same_store_as_local_engine_bad_file_recorded_rerun_adds_nothing(self, clips, local_store, tmp_path):
+        from embedtag.embeddings.pipeline import extract
+        from embedtag.store import open_store
+
+        out = tmp_path / "store"
+        summary = extract(clips, out, model=MODEL, window_s=WINDOW_S, progress=False, engine="ray", actors=1)
+        assert summary.n_stored == 40 and summary.n_failed == 1
+        assert summary.failures[0][0] == "broken.wav" and "cannot decode" in summary.failures[0][1]
+        assert summary.ray.decoded_in_actor == 0  # decoding ran as tasks, not fused into the model actors
+        assert sum(summary.ray.embed_nodes.values()) >= sum(open_store(out).to_pandas(["n_windows"]).n_windows)
+        assert_same_store(open_store(out), local_store)
+
+        shards = sorted(p.name for p in (out / "shards").iterdir())
+        again = extract(clips, out, model=MODEL, window_s=WINDOW_S, progress=False, engine="ray", actors=1)
+        assert again.n_stored == 0
+        assert sorted(p.name for p in (out / "shards").iterdir()) == shards
+        assert sorted(open_store(out).clip_ids) == sorted(local_store.clip_ids)
+
+    def test_actor_killed_mid_job_every_clip_exactly_once(self, clips, local_store):
+        """SIGKILL the process running the embedding actor as soon as the first clips come back: Ray restarts it
+        and retries its batches; the driver still closes every clip exactly once."""
+        from embedtag.embeddings.pipeline import _load, collect_sources
+        from embedtag.embeddings.ray_engine import run_ray
+
+        sources = collect_sources(clips)
+        records, errors, killed = [], [], []
+
+        def on_batch(recs):
+            if not killed:
+                pids = _map_workers()
+                assert pids, "no embedding actor process found"
+                for pid in pids:
+                    os.kill(pid, signal.SIGKILL)
+                killed.extend(pids)
+            records.extend(recs)
+
+        stats = run_ray(_load(MODEL, None, "cpu"), sources, on_batch=on_batch,
+                        on_error=lambda s, e: errors.append(s.clip_id), batch_size=1, window_s=WINDOW_S,
+                        actors=1)
+        ids = [r["clip_id"] for r in records]
+        assert len(ids) == len(set(ids)) == 40 and errors == ["broken.wav"]
+        pids = {pid for _, pid in stats.embed_actors}
+        assert set(killed) <= pids and pids - set(killed), f"the kill was not mid-job: {stats.embed_actors}"
+        ref = dict(zip(local_store.clip_ids, local_store.embeddings()))
+        assert max(np.abs(r["embedding"] - ref[r["clip_id"]]).max() for r in records) <= 1e-5
+
+
+@pytest.mark.slow
+def test_two_node_cluster_on_loopback(clips, local_store, tmp_path):
+    """`ray start --head` + `ray start --address` on 127.0.0.1 (own ports and temp dirs, stopped after): the job
+    runs on both nodes and writes the same store."""
+    import ray
+
+    from embedtag.embeddings.pipeline import extract
+    from embedtag.embeddings.ray_engine import loopback_cluster
+    from embedtag.store import open_store
+
+    assert not ray.is_initialized()
+    old = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = "disabled"  # the nodes are started so; the driver must agree
+    try:
+        with loopback_cluster(n_nodes=2, cpus_per_node=2) as address:
+            summary = extract(clips, tmp_path / "store", model=MODEL, window_s=WINDOW_S, progress=False,
+                              engine="ray", ray_address=address, actors=2)
+    finally:
+        if old is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = old
+    stats = summary.ray
+    assert len(stats.nodes) == 2
+    assert set(stats.embed_nodes) == set(stats.nodes), stats.describe()  # one actor on each node
+    assert set(stats.decode_nodes) <= set(stats.nodes) and stats.decoded_in_actor == 0
+    assert summary.n_stored == 40 and summary.n_failed == 1
+    assert_same_store(open_store(tmp_path / "store"), local_store)
+
+
+def test_ray_missing_is_one_clear_line(clips, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
+    monkeypatch.setitem(sys.modules, "ray.data", None)
+    code, out, err = run_cli(capsys, "extract", clips, "--out", tmp_path / "s", "-m", MODEL, "--engine", "ray",
+                             "-q")
+    assert code == 1
+    assert "pip install 'embedtag[ray]'" in err and "Traceback" not in err + out
+    assert not (tmp_path / "s").exists()  # refused before a model was loaded or a store created
+
+
+def test_unreachable_cluster_and_misplaced_options_are_refused(clips, tmp_path, capsys):
+    from embedtag.embeddings.ray_engine import free_port
+
+    code, out, err = run_cli(capsys, "extract", clips, "--out", tmp_path / "s", "-m", MODEL, "--engine", "ray",
+                             "--ray-address", f"127.0.0.1:{free_port()}", "-q")
+    assert code == 1 and "cannot reach the Ray cluster at 127.0.0.1:" in err and "ray start --head" in err
+    code, out, err = run_cli(capsys, "extract", clips, "--out", tmp_path / "s", "-m", MODEL, "--actors", "2", "-q")
+    assert code == 1 and "actors only apply to engine='ray'" in err
+    code, out, err = run_cli(capsys, "extract", clips, "--out", tmp_path / "s", "-m", MODEL, "--engine", "spark")
+    assert code == 1 and "unknown engine 'spark'" in err
+    assert not (tmp_path / "s").exists()
