@@ -129,13 +129,19 @@ class TestLocalRay:
         assert sorted(p.name for p in (out / "shards").iterdir()) == shards
         assert sorted(open_store(out).clip_ids) == sorted(local_store.clip_ids)
 
-    def test_actor_killed_mid_job_every_clip_exactly_once(self, clips, local_store):
+    def test_actor_killed_mid_job_every_clip_exactly_once(self, clips):
         """SIGKILL the process running the embedding actor as soon as the first clips come back: Ray restarts it
-        and retries its batches; the driver still closes every clip exactly once."""
-        from embedtag.embeddings.pipeline import _load, collect_sources
+        and retries its batches; the driver still closes every clip exactly once. (Quarter-second windows, one per
+        model call, so that most of the work is still ahead of the actor when the first clips arrive.)"""
+        from embedtag.embeddings.pipeline import _load, collect_sources, run
         from embedtag.embeddings.ray_engine import run_ray
 
+        window_s = 0.25
+        backbone = _load(MODEL, None, "cpu")
         sources = collect_sources(clips)
+        ref = {}
+        run(backbone, sources, on_batch=lambda recs: ref.update({r["clip_id"]: r["embedding"] for r in recs}),
+            on_error=lambda s, e: None, window_s=window_s)
         records, errors, killed = [], [], []
 
         def on_batch(recs):
@@ -147,45 +153,36 @@ class TestLocalRay:
                 killed.extend(pids)
             records.extend(recs)
 
-        stats = run_ray(_load(MODEL, None, "cpu"), sources, on_batch=on_batch,
-                        on_error=lambda s, e: errors.append(s.clip_id), batch_size=1, window_s=WINDOW_S,
-                        actors=1)
+        stats = run_ray(backbone, sources, on_batch=on_batch, on_error=lambda s, e: errors.append(s.clip_id),
+                        batch_size=1, window_s=window_s, actors=1)
         ids = [r["clip_id"] for r in records]
         assert len(ids) == len(set(ids)) == 40 and errors == ["broken.wav"]
         pids = {pid for _, pid in stats.embed_actors}
         assert set(killed) <= pids and pids - set(killed), f"the kill was not mid-job: {stats.embed_actors}"
-        ref = dict(zip(local_store.clip_ids, local_store.embeddings()))
         assert max(np.abs(r["embedding"] - ref[r["clip_id"]]).max() for r in records) <= 1e-5
 
 
 @pytest.mark.slow
 def test_two_node_cluster_on_loopback(clips, local_store, tmp_path):
-    """`ray start --head` + `ray start --address` on 127.0.0.1 (own ports and temp dirs, stopped after): the job
-    runs on both nodes and writes the same store."""
-    import ray
+    """`ray start --head` + `ray start --address` on 127.0.0.1 (own ports and temp dirs, stopped after), then
+    `embedtag extract --engine ray --ray-address HOST:PORT` in a fresh process, as a user runs it: the job runs on
+    both nodes and writes the same store."""
+    import subprocess
 
-    from embedtag.embeddings.pipeline import extract
     from embedtag.embeddings.ray_engine import loopback_cluster
     from embedtag.store import open_store
 
-    assert not ray.is_initialized()
-    old = os.environ.get("RAY_AUTH_MODE")
-    os.environ["RAY_AUTH_MODE"] = "disabled"  # the nodes are started so; the driver must agree
-    try:
-        with loopback_cluster(n_nodes=2, cpus_per_node=2) as address:
-            summary = extract(clips, tmp_path / "store", model=MODEL, window_s=WINDOW_S, progress=False,
-                              engine="ray", ray_address=address, actors=2)
-    finally:
-        if old is None:
-            os.environ.pop("RAY_AUTH_MODE", None)
-        else:
-            os.environ["RAY_AUTH_MODE"] = old
-    stats = summary.ray
-    assert len(stats.nodes) == 2
-    assert set(stats.embed_nodes) == set(stats.nodes), stats.describe()  # one actor on each node
-    assert set(stats.decode_nodes) <= set(stats.nodes) and stats.decoded_in_actor == 0
-    assert summary.n_stored == 40 and summary.n_failed == 1
-    assert_same_store(open_store(tmp_path / "store"), local_store)
+    out = tmp_path / "store"
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", COLUMNS="250")
+    with loopback_cluster(n_nodes=2, cpus_per_node=2) as address:
+        done = subprocess.run(
+            [sys.executable, "-c", "from embedtag.cli import main; main()", "extract", str(clips), "--out", str(out),
+             "-m", MODEL, "--window-s", str(WINDOW_S), "--engine", "ray", "--ray-address", address, "--actors", "2",
+             "-q"], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 3, done.stdout + done.stderr  # 3: finished, with broken.wav recorded as failed
+    assert "2 node(s), 2 actor(s) on CPU; embedded on 2 node(s) by 2 actor process(es)" in done.stdout, done.stdout
+    assert "broken.wav" in done.stdout
+    assert_same_store(open_store(out), local_store)
 
 
 def test_ray_missing_is_one_clear_line(clips, tmp_path, capsys, monkeypatch):

@@ -98,7 +98,13 @@ def import_ray():
 
 def connect(address: str | None = "auto") -> bool:
     """Join the Ray cluster at ``address`` (``auto``: the one ``ray start`` or RAY_ADDRESS names, else start a
-    local one). Returns True when this call started the connection (the caller then shuts it down)."""
+    local one). Returns True when this call made the connection, False when the process was already connected
+    (then that connection is used, whatever ``address`` says).
+
+    The connection stays open for later calls in this process: Ray Data cannot run an actor pool again in a
+    process that disconnected from a cluster and connected anew (ray-project/ray#54841). ``ray.shutdown()``
+    drops it; a local instance started here ends with the process.
+    """
     ray = import_ray()
     if ray.is_initialized():
         return False
@@ -117,9 +123,8 @@ def connect(address: str | None = "auto") -> bool:
         ray.init(address=address, **common)
     except Exception as exc:  # AuthenticationError, version mismatch...: one line, not Ray's traceback
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        hint = " (the cluster uses token authentication: set RAY_AUTH_MODE=token)" \
-            if "AuthToken" in str(exc) or "Authentication" in type(exc).__name__ else ""
-        raise EmbedtagError(f"cannot join the Ray cluster at {address}: {first[:300]}{hint}") from None
+        raise EmbedtagError(f"cannot join the Ray cluster at {address}: {first[:300]} (its head answers: check that "
+                            f"this machine's Ray version and RAY_AUTH_MODE match the cluster's)") from None
     return True
 
 
@@ -311,38 +316,34 @@ def run_ray(backbone, sources: Sequence[ClipSource], *, on_batch: Callable[[list
     if not sources:
         return stats
     ray = import_ray()
-    started = connect(ray_address)
-    try:
-        _quiet_ray_data(ray)
-        resources = ray.cluster_resources()
-        stats.nodes = sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive"))
-        if actors is None:
-            actors = int(resources.get("GPU", 0) // gpus_per_actor) if gpus_per_actor else \
-                int(resources.get("CPU", 1) // 4)
-        stats.actors = actors = max(1, int(actors))
-        _check_fits(resources, actors, gpus_per_actor, cpus_per_decoder)
-        weights_path = str(weights) if weights else (str(backbone.weights_path) if backbone.weights_path else None)
-        env = {"env_vars": {k: os.environ[k] for k in _PASS_ENV if k in os.environ}}
-        items = [{"i": i, "clip_id": s.clip_id, "path": s.path} for i, s in enumerate(sources)]
-        ds = ray.data.from_items(items, override_num_blocks=max(1, -(-len(items) // DECODE_CLIPS_PER_TASK)))
-        ds = ds.map_batches(
-            _decode_batch, batch_size=DECODE_CLIPS_PER_TASK, batch_format="numpy", num_cpus=cpus_per_decoder,
-            fn_kwargs=dict(sample_rate=backbone.sample_rate, min_samples=backbone.min_samples, window_s=window_s,
-                           max_duration_s=max_duration_s, chunk=batch_size),
-            runtime_env=env)
-        ds = ds.map_batches(
-            EmbedActor, batch_size=batch_size, batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=ACTOR_CPUS, memory=ACTOR_MEMORY_BYTES,
-            num_gpus=gpus_per_actor or None,
-            fn_constructor_kwargs=dict(model=backbone.name, weights=weights_path,
-                                       device="cuda" if gpus_per_actor else "cpu",
-                                       weights_sha256=backbone.weights_sha256),
-            runtime_env=env)
-        _gather(ds, sources, stats, on_batch=on_batch, on_error=on_error, on_progress=on_progress,
-                pooling=pooling)
-    finally:
-        if started:
-            ray.shutdown()
+    connect(ray_address)  # kept open after the job on purpose, see connect()
+    _quiet_ray_data(ray)
+    resources = ray.cluster_resources()
+    stats.nodes = sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive"))
+    if actors is None:
+        actors = int(resources.get("GPU", 0) // gpus_per_actor) if gpus_per_actor else \
+            int(resources.get("CPU", 1) // 4)
+    stats.actors = actors = max(1, int(actors))
+    _check_fits(resources, actors, gpus_per_actor, cpus_per_decoder)
+    weights_path = str(weights) if weights else (str(backbone.weights_path) if backbone.weights_path else None)
+    env = {"env_vars": {k: os.environ[k] for k in _PASS_ENV if k in os.environ}}
+    items = [{"i": i, "clip_id": s.clip_id, "path": s.path} for i, s in enumerate(sources)]
+    ds = ray.data.from_items(items, override_num_blocks=max(1, -(-len(items) // DECODE_CLIPS_PER_TASK)))
+    ds = ds.map_batches(
+        _decode_batch, batch_size=DECODE_CLIPS_PER_TASK, batch_format="numpy", num_cpus=cpus_per_decoder,
+        fn_kwargs=dict(sample_rate=backbone.sample_rate, min_samples=backbone.min_samples, window_s=window_s,
+                       max_duration_s=max_duration_s, chunk=batch_size),
+        runtime_env=env)
+    ds = ds.map_batches(
+        EmbedActor, batch_size=batch_size, batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=ACTOR_CPUS, memory=ACTOR_MEMORY_BYTES,
+        num_gpus=gpus_per_actor or None,
+        fn_constructor_kwargs=dict(model=backbone.name, weights=weights_path,
+                                   device="cuda" if gpus_per_actor else "cpu",
+                                   weights_sha256=backbone.weights_sha256),
+        runtime_env=env)
+    _gather(ds, sources, stats, on_batch=on_batch, on_error=on_error, on_progress=on_progress,
+            pooling=pooling)
     return stats
 
 
@@ -408,6 +409,9 @@ def _gather(ds, sources: Sequence[ClipSource], stats: RayRunStats, *, on_batch, 
     except EmbedtagError:
         raise
     except Exception as exc:  # a failure Ray gave up on (retries exhausted, cluster lost): one line
+        own = _embedtag_cause(exc)
+        if own is not None:
+            raise own from None
         raise EmbedtagError(f"the Ray job failed: {_root_cause(exc)}; clips stored so far are kept, "
                             "rerun to resume") from None
     missing = [sources[i] for i in range(len(sources)) if i not in closed]
@@ -444,15 +448,26 @@ def _rebuild_error(b: dict, r: int) -> EmbedtagError:
 
 
 def _root_cause(exc: BaseException) -> str:
-    """The innermost cause of a Ray exception, as one line."""
-    while getattr(exc, "cause", None) is not None or exc.__cause__ is not None:
-        nxt = getattr(exc, "cause", None) or exc.__cause__
-        if nxt is exc:
-            break
-        exc = nxt
-    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
-    text = lines[-1] if lines else ""
-    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
+    """The deepest exception with a message in a Ray exception's cause chain, as one line."""
+    best, seen = exc, set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if str(exc).strip():
+            best = exc
+        exc = getattr(exc, "cause", None) or exc.__cause__
+    lines = [ln.strip() for ln in str(best).strip().splitlines() if ln.strip()]
+    return f"{type(best).__name__}: {lines[0][:300]}" if lines else type(best).__name__
+
+
+def _embedtag_cause(exc: BaseException) -> EmbedtagError | None:
+    """An EmbedtagError raised inside a task or actor (e.g. a node's weights differ), if that is what failed."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, EmbedtagError):
+            return exc
+        exc = getattr(exc, "cause", None) or exc.__cause__
+    return None
 
 
 # ----------------------------------------------------------------------------------------------- local clusters
@@ -474,7 +489,8 @@ def loopback_cluster(n_nodes: int = 2, cpus_per_node: int = 2, object_store_byte
     port = free_port()
     address = f"127.0.0.1:{port}"
     dirs = [tempfile.mkdtemp(prefix=f"embedtag-ray{port}-{k}-") for k in range(n_nodes)]
-    env = dict(os.environ, RAY_AUTH_MODE=os.environ.get("RAY_AUTH_MODE", "disabled"), RAY_USAGE_STATS_ENABLED="0")
+    # no token authentication on loopback (drivers must run with RAY_AUTH_MODE=disabled too)
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
     env.pop("RAY_ADDRESS", None)
     common = ["--node-ip-address=127.0.0.1", f"--num-cpus={cpus_per_node}", "--num-gpus=0",
               f"--object-store-memory={object_store_bytes}", "--disable-usage-stats"]
