@@ -327,7 +327,8 @@ def run_ray(backbone, sources: Sequence[ClipSource], *, on_batch: Callable[[list
     _check_fits(resources, actors, gpus_per_actor, cpus_per_decoder)
     weights_path = str(weights) if weights else (str(backbone.weights_path) if backbone.weights_path else None)
     env = {"env_vars": {k: os.environ[k] for k in _PASS_ENV if k in os.environ}}
-    items = [{"i": i, "clip_id": s.clip_id, "path": s.path} for i, s in enumerate(sources)]
+    # absolute: workers do not run in the driver's directory (records keep the path as given)
+    items = [{"i": i, "clip_id": s.clip_id, "path": os.path.abspath(s.path)} for i, s in enumerate(sources)]
     ds = ray.data.from_items(items, override_num_blocks=max(1, -(-len(items) // DECODE_CLIPS_PER_TASK)))
     ds = ds.map_batches(
         _decode_batch, batch_size=DECODE_CLIPS_PER_TASK, batch_format="numpy", num_cpus=cpus_per_decoder,
