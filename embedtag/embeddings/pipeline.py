@@ -438,7 +438,8 @@ def extract(src, out: str | os.PathLike, model="yamnet", *, labels=None, weights
     sources = collect_sources(src, labels)
     if limit is not None:
         sources = sources[:limit]
-    backbone = _load(model, weights, device)
+    # with Ray the driver's copy only names the model (the actors load their own): keep it off the GPUs
+    backbone = _load(model, weights, "cpu" if engine == "ray" else device)
     if pooling not in POOLINGS:
         raise EmbedtagError(f"unknown pooling {pooling!r}; use one of {', '.join(POOLINGS)}")
     window_s = float(window_s or DEFAULT_WINDOW_S)
@@ -471,8 +472,9 @@ def extract(src, out: str | os.PathLike, model="yamnet", *, labels=None, weights
     start = time.perf_counter()
     try:
         with _progress_bar(progress, len(todo), f"{backbone.name} → {Path(out).name}") as advance:
-            summary.ray = engine_run(backbone, todo, on_batch=on_batch, on_error=on_error, batch_size=batch_size, workers=workers,
-                pooling=pooling, window_s=window_s, max_duration_s=max_duration_s, on_progress=advance)
+            summary.ray = engine_run(backbone, todo, on_batch=on_batch, on_error=on_error, batch_size=batch_size,
+                                     workers=workers, pooling=pooling, window_s=window_s,
+                                     max_duration_s=max_duration_s, on_progress=advance)
     finally:
         summary.elapsed_s = time.perf_counter() - start
     return summary
