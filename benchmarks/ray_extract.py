@@ -60,7 +60,7 @@ def child(cfg: dict) -> dict:
     from embedtag.embeddings.pipeline import extract
 
     tmp = Path(cfg["tmp"])
-    kw = dict(model=cfg["model"], progress=False, window_s=cfg["window_s"])
+    kw = {"model": cfg["model"], "progress": False, "window_s": cfg["window_s"]}
     runs = []
     for k in range(cfg["repeats"]):
         out = tmp / f"store_{cfg['name']}_{k}"
@@ -114,7 +114,7 @@ def run_child(cfg: dict) -> dict:
         env.pop("RAY_AUTH_MODE")
     env.pop("RAY_ADDRESS", None)
     done = subprocess.run([sys.executable, "-m", "benchmarks.ray_extract", "--child", json.dumps(cfg)], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=1800)
+                          env=env, capture_output=True, text=True, timeout=1800, check=False)
     if done.returncode:
         raise RuntimeError(f"{cfg['name']} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
     clips.mkdir()
     for f in clip_files(args.clips):
         (clips / f"{f.parent.parent.name}_{f.name}").symlink_to(f)
-    base = dict(clips=str(clips), model=args.model, window_s=args.window_s, tmp=str(tmp))
+    base = {"clips": str(clips), "model": args.model, "window_s": args.window_s, "tmp": str(tmp)}
     started = time.perf_counter()
     results: dict = {"setup": {"clips": args.clips, "model": args.model, "window_s": args.window_s,
                                "cpus": os.cpu_count(), "python": platform.python_version()}}
@@ -186,8 +186,8 @@ def main(argv: list[str] | None = None) -> dict:
 def markdown(result: dict) -> str:
     """The results JSON as markdown, with the capacity plan (used by benchmarks/run_all.py)."""
     s, c = result["setup"], result["cost"]
-    rows = ["| engine | clips | cold wall s | warm wall s | warm clips/s | warm / local | cold / local | "
-            "store bytes/clip | shards |", "|---|---|---|---|---|---|---|---|---|"]
+    rows = [("| engine | clips | cold wall s | warm wall s | warm clips/s | warm / local | cold / local | "
+            "store bytes/clip | shards |"), "|---|---|---|---|---|---|---|---|---|"]
     for r in result["runs"]:
         rows.append(f"| {r['engine']} | {r['clips']} | {r['cold_wall_s']:.1f} | {r['warm_wall_s']:.1f} | "
                     f"{r['warm_clips_per_s']:.2f} | {r['overhead_vs_local_warm']:.2f} | "
@@ -195,44 +195,44 @@ def markdown(result: dict) -> str:
     dec_w = c["decode_cpu_s_per_audio_h"] * 10 / 3600  # one 10 s window (an AudioSet clip)
     per_clip = max(r["store_bytes_per_clip"] for r in result["runs"])
     return "\n".join([
-        f"{s['clips']} real clips, backbone `{s['model']}`, {s['window_s']:g} s windows, Ray {s['ray']}, "
+        (f"{s['clips']} real clips, backbone `{s['model']}`, {s['window_s']:g} s windows, Ray {s['ray']}, "
         f"{s['cpus']} CPU cores shared with other work. *cold*: the first job in a fresh process (Ray started or "
         f"joined, actors started, model loaded per actor); *warm*: a second job in the same process. Two-node "
         f"cluster start (`ray start --head` + `ray start --address`, not in the times): "
-        f"{result['cluster_start_s']:.0f} s.", "", *rows, "",
-        f"Single-thread costs on this CPU: decoding {c['decode_cpu_s_per_audio_h']:.0f} CPU-s per hour of audio "
+        f"{result['cluster_start_s']:.0f} s."), "", *rows, "",
+        (f"Single-thread costs on this CPU: decoding {c['decode_cpu_s_per_audio_h']:.0f} CPU-s per hour of audio "
         f"({c['decode_cpu_s_per_window'] * 1e3:.1f} ms per window of these clips; WAV files, so no codec cost: "
         f"FLAC, Vorbis or AAC as AudioSet downloads usually are decode several times slower); the model alone "
-        f"{c['model_cpu_windows_per_s']:.0f} windows/s on one CPU thread.", "",
-        "On 2 cores Ray can only lose: the job is the same work plus task scheduling, actor start-up (each actor "
+        f"{c['model_cpu_windows_per_s']:.0f} windows/s on one CPU thread."), "",
+        ("On 2 cores Ray can only lose: the job is the same work plus task scheduling, actor start-up (each actor "
         "loads the model) and moving windows through the object store. The ratios above are that fixed cost on a "
-        "small job; it is paid once per job (the warm row) and amortises over a large one.", "",
+        "small job; it is paid once per job (the warm row) and amortises over a large one."), "",
         "### Capacity plan: AudioSet-scale extraction on N GPU nodes", "",
-        "Not measured here (no GPU this session): the per-GPU model throughput **G** (windows/s per GPU, at the "
+        ("Not measured here (no GPU this session): the per-GPU model throughput **G** (windows/s per GPU, at the "
         "batch size used). Measure it with the GPU check before sizing a cluster; everything else below comes "
-        "from the CPU measurements above.", "",
-        "- **Work**: AudioSet is ~2.0 M clips of 10 s (~5,800 h); with 10 s windows that is one window per clip, "
-        "so W ≈ 1.0 × clips windows.",
-        f"- **Decoding CPUs per GPU**: one 10 s window costs d = {dec_w * 1e3:.1f} ms of one CPU here (read + "
+        "from the CPU measurements above."), "",
+        ("- **Work**: AudioSet is ~2.0 M clips of 10 s (~5,800 h); with 10 s windows that is one window per clip, "
+        "so W ≈ 1.0 × clips windows."),
+        (f"- **Decoding CPUs per GPU**: one 10 s window costs d = {dec_w * 1e3:.1f} ms of one CPU here (read + "
         f"resample + window, from the per-hour cost above), so keeping one GPU busy needs G × d CPUs of decoders: "
         f"{100 * dec_w:.1f} CPUs at G = 100 windows/s, {1000 * dec_w:.1f} at G = 1,000. Give each GPU node at "
         "least that many CPUs beyond the one each actor reserves (`--cpus-per-decoder 1`), or decoding, not the "
-        "GPU, sets the pace.",
-        "- **Hours per 1 M clips** on N GPU nodes with g GPUs each (one actor per GPU, `--gpus-per-actor 1`): "
+        "GPU, sets the pace."),
+        ("- **Hours per 1 M clips** on N GPU nodes with g GPUs each (one actor per GPU, `--gpus-per-actor 1`): "
         "T ≈ 10⁶ × w / (N × g × min(G, C / d)) / 3600 h, with w windows per clip and C decoding CPUs per GPU; "
         "e.g. w = 1, G = 1,000, decoding not limiting: 0.28 h / (N × g); G = 200: 1.4 h / (N × g). Add the "
-        "cold start (cluster join + model load per actor, tens of seconds) once per job.",
-        f"- **Object store**: a window is {c['window_bytes'] / 1e6:.2f} MB of float32 at the backbone's rate "
+        "cold start (cluster join + model load per actor, tens of seconds) once per job."),
+        (f"- **Object store**: a window is {c['window_bytes'] / 1e6:.2f} MB of float32 at the backbone's rate "
         "(10 s: 0.64 MB at 16 kHz, 1.28 MB at 32 kHz); Ray Data keeps a few blocks of `--batch-size` windows per "
         "operator in flight, so ~2 × actors × batch_size × window bytes per node (8 GPUs × 256 windows × 1.28 MB "
         "≈ 5 GB): size `ray start --object-store-memory` to at least that (spilling to disk is the failure mode, "
-        "not a crash). Audio never reaches the driver; only embeddings do.",
-        f"- **Store**: {per_clip:.0f} bytes per clip on disk here (embedding + AudioSet scores + metadata, zstd "
+        "not a crash). Audio never reaches the driver; only embeddings do."),
+        (f"- **Store**: {per_clip:.0f} bytes per clip on disk here (embedding + AudioSet scores + metadata, zstd "
         f"Parquet) → ≈ {per_clip * 2.0e6 / 1e9:.1f} GB for 2 M clips, written by the driver alone. Shards are one per "
         "driver batch (about `--batch-size` clips), so use a large batch on GPU (256 → ~8,000 shards for AudioSet); "
-        "the driver needs the disk bandwidth for the whole cluster's output (a few MB/s, far below a disk's).",
-        "- **Resume**: a job stopped at any point keeps every stored clip; a rerun skips them, so a cluster can be "
-        "stopped and resized between runs.",
+        "the driver needs the disk bandwidth for the whole cluster's output (a few MB/s, far below a disk's)."),
+        ("- **Resume**: a job stopped at any point keeps every stored clip; a rerun skips them, so a cluster can be "
+        "stopped and resized between runs."),
     ])
 
 

@@ -12,12 +12,10 @@ import shutil
 import signal
 import sys
 import tempfile
-import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import run_cli
 
 pytest.importorskip("ray", reason="needs the ray extra: pip install 'embedtag[ray]'")
@@ -178,7 +176,7 @@ def test_two_node_cluster_on_loopback(clips, local_store, tmp_path):
         done = subprocess.run(
             [sys.executable, "-c", "from embedtag.cli import main; main()", "extract", str(clips), "--out", str(out),
              "-m", MODEL, "--window-s", str(WINDOW_S), "--engine", "ray", "--ray-address", address, "--actors", "2",
-             "-q"], env=env, capture_output=True, text=True, timeout=600)
+             "-q"], env=env, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 3, done.stdout + done.stderr  # 3: finished, with broken.wav recorded as failed
     assert "2 node(s), 2 actor(s) on CPU; embedded on 2 node(s) by 2 actor process(es)" in done.stdout, done.stdout
     assert "broken.wav" in done.stdout
@@ -198,11 +196,11 @@ def test_ray_missing_is_one_clear_line(clips, tmp_path, capsys, monkeypatch):
 def test_unreachable_cluster_and_misplaced_options_are_refused(clips, tmp_path, capsys):
     from embedtag.embeddings.ray_engine import free_port
 
-    code, out, err = run_cli(capsys, "extract", clips, "--out", tmp_path / "s", "-m", MODEL, "--engine", "ray",
+    code, _, err = run_cli(capsys, "extract", clips, "--out", tmp_path / "s", "-m", MODEL, "--engine", "ray",
                              "--ray-address", f"127.0.0.1:{free_port()}", "-q")
     assert code == 1 and "cannot reach the Ray cluster at 127.0.0.1:" in err and "ray start --head" in err
-    code, out, err = run_cli(capsys, "extract", clips, "--out", tmp_path / "s", "-m", MODEL, "--actors", "2", "-q")
+    code, _, err = run_cli(capsys, "extract", clips, "--out", tmp_path / "s", "-m", MODEL, "--actors", "2", "-q")
     assert code == 1 and "actors only apply to engine='ray'" in err
-    code, out, err = run_cli(capsys, "extract", clips, "--out", tmp_path / "s", "-m", MODEL, "--engine", "spark")
+    code, _, err = run_cli(capsys, "extract", clips, "--out", tmp_path / "s", "-m", MODEL, "--engine", "spark")
     assert code == 1 and "unknown engine 'spark'" in err
     assert not (tmp_path / "s").exists()

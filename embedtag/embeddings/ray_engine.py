@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -44,8 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from embedtag.embeddings import audio as A
-from embedtag.embeddings.pipeline import (DEFAULT_WINDOW_S, POOLINGS, ClipSource, _Acc, _decode, _Decoded,
-                                          _record)
+from embedtag.embeddings.pipeline import DEFAULT_WINDOW_S, POOLINGS, ClipSource, _Acc, _decode, _Decoded, _record
 from embedtag.errors import AudioError, EmbedtagError, ParamError, WeightsError
 
 INSTALL_HINT = "pip install 'embedtag[ray]'"
@@ -89,7 +89,7 @@ def import_ray():
     """``ray`` with Ray Data, or an EmbedtagError saying how to install it."""
     try:
         import ray
-        import ray.data  # noqa: F401
+        import ray.data
     except ImportError as exc:
         raise EmbedtagError(f"--engine ray needs Ray Data, which is not installed ({exc.name or exc}); "
                             f"install it with: {INSTALL_HINT}") from None
@@ -108,7 +108,7 @@ def connect(address: str | None = "auto") -> bool:
     ray = import_ray()
     if ray.is_initialized():
         return False
-    common = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    common = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
     address = (address or "auto").strip()
     if address == "auto" and os.environ.get("RAY_ADDRESS"):
         address = os.environ["RAY_ADDRESS"]
@@ -207,9 +207,9 @@ class _Rows:
         return len(self.cols["i"])
 
     def _add(self, **values) -> None:
-        defaults = dict(w=-1, samples=b"", weight_s=0.0, n_windows=0, duration_s=0.0, sample_rate=0, channels=0,
-                        peak=0.0, sum_sq=0.0, n_samples=0, err_type="", err_path="", err_reason="",
-                        decode_node=self.node, decoded_in_actor=self.in_actor)
+        defaults = {"w": -1, "samples": b"", "weight_s": 0.0, "n_windows": 0, "duration_s": 0.0, "sample_rate": 0, "channels": 0,
+                        "peak": 0.0, "sum_sq": 0.0, "n_samples": 0, "err_type": "", "err_path": "", "err_reason": "",
+                        "decode_node": self.node, "decoded_in_actor": self.in_actor}
         defaults.update(values)
         for c in self.COLUMNS:
             self.cols[c].append(defaults[c])
@@ -332,16 +332,16 @@ def run_ray(backbone, sources: Sequence[ClipSource], *, on_batch: Callable[[list
     ds = ray.data.from_items(items, override_num_blocks=max(1, -(-len(items) // DECODE_CLIPS_PER_TASK)))
     ds = ds.map_batches(
         _decode_batch, batch_size=DECODE_CLIPS_PER_TASK, batch_format="numpy", num_cpus=cpus_per_decoder,
-        fn_kwargs=dict(sample_rate=backbone.sample_rate, min_samples=backbone.min_samples, window_s=window_s,
-                       max_duration_s=max_duration_s, chunk=batch_size),
+        fn_kwargs={"sample_rate": backbone.sample_rate, "min_samples": backbone.min_samples, "window_s": window_s,
+                       "max_duration_s": max_duration_s, "chunk": batch_size},
         runtime_env=env)
     ds = ds.map_batches(
         EmbedActor, batch_size=batch_size, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=ACTOR_CPUS, memory=ACTOR_MEMORY_BYTES,
         num_gpus=gpus_per_actor or None,
-        fn_constructor_kwargs=dict(model=backbone.name, weights=weights_path,
-                                   device="cuda" if gpus_per_actor else "cpu",
-                                   weights_sha256=backbone.weights_sha256),
+        fn_constructor_kwargs={"model": backbone.name, "weights": weights_path,
+                                   "device": "cuda" if gpus_per_actor else "cpu",
+                                   "weights_sha256": backbone.weights_sha256},
         runtime_env=env)
     _gather(ds, sources, stats, on_batch=on_batch, on_error=on_error, on_progress=on_progress,
             pooling=pooling)
@@ -503,14 +503,14 @@ def loopback_cluster(n_nodes: int = 2, cpus_per_node: int = 2, object_store_byte
                      f"--ray-client-server-port={free_port()}", f"--dashboard-port={free_port()}"] if k == 0 \
                 else [f"--address={address}"]
             cmd = [str(ray_bin), "start", *where, *common, *ports, f"--temp-dir={tmp}"]
-            done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+            done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180, check=False)
             if done.returncode:
                 raise RuntimeError(f"`{' '.join(cmd)}` failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
         yield address
     finally:
         _kill_tree([*dirs, f":{port} ", f":{port}\0", f"--port={port}", f"--address={address}"])
         for tmp in dirs:
-            subprocess.run(["rm", "-rf", tmp], check=False)
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _kill_tree(marks: list[str]) -> None:
