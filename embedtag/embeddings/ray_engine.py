@@ -53,6 +53,8 @@ INSTALL_HINT = "pip install 'embedtag[ray]'"
 LOCAL_OBJECT_STORE_BYTES = 1 << 30
 #: clips per decode task: enough to amortise a task's scheduling, few enough to spread a small job over the cluster
 DECODE_CLIPS_PER_TASK = 8
+#: input blocks at most: a 2M-clip job gets ~200 clips per decode task instead of 250,000 tiny objects
+MAX_INPUT_BLOCKS = 10_000
 #: CPUs each embedding actor reserves (its model's threads; on GPU, feeding the device)
 ACTOR_CPUS = 1.0
 #: memory each embedding actor reserves (a model and a batch of windows). Also keeps decoding out of the actors:
@@ -329,7 +331,7 @@ def run_ray(backbone, sources: Sequence[ClipSource], *, on_batch: Callable[[list
     env = {"env_vars": {k: os.environ[k] for k in _PASS_ENV if k in os.environ}}
     # absolute: workers do not run in the driver's directory (records keep the path as given)
     items = [{"i": i, "clip_id": s.clip_id, "path": os.path.abspath(s.path)} for i, s in enumerate(sources)]
-    ds = ray.data.from_items(items, override_num_blocks=max(1, -(-len(items) // DECODE_CLIPS_PER_TASK)))
+    ds = ray.data.from_items(items, override_num_blocks=min(MAX_INPUT_BLOCKS, max(1, -(-len(items) // DECODE_CLIPS_PER_TASK))))
     ds = ds.map_batches(
         _decode_batch, batch_size=DECODE_CLIPS_PER_TASK, batch_format="numpy", num_cpus=cpus_per_decoder,
         fn_kwargs={"sample_rate": backbone.sample_rate, "min_samples": backbone.min_samples, "window_s": window_s,
@@ -349,7 +351,8 @@ def run_ray(backbone, sources: Sequence[ClipSource], *, on_batch: Callable[[list
 
 
 def _check_fits(resources: dict, actors: int, gpus_per_actor: float, cpus_per_decoder: float) -> None:
-    """Refuse a pool that can never be scheduled (Ray would wait for it forever)."""
+    """Refuse a pool that the cluster cannot hold now (Ray would wait for it forever; an autoscaling cluster must
+    be scaled up before the job)."""
     cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
     if gpus_per_actor and actors * gpus_per_actor > gpus:
         raise ParamError(f"{actors} actors x {gpus_per_actor:g} GPUs need {actors * gpus_per_actor:g} GPUs; the "
