@@ -114,19 +114,22 @@ def connect(address: str | None = "auto") -> bool:
     address = (address or "auto").strip()
     if address == "auto" and os.environ.get("RAY_ADDRESS"):
         address = os.environ["RAY_ADDRESS"]
-    if address == "auto":
-        try:
-            ray.init(address="auto", **common)
-        except ConnectionError:  # no cluster running here: start a local one
-            ray.init(address="local", object_store_memory=LOCAL_OBJECT_STORE_BYTES, **common)
-        return True
-    check_address(address)
+    if address != "auto":
+        check_address(address)
     try:
-        ray.init(address=address, **common)
+        try:
+            ray.init(address=address, **common)
+        except ConnectionError:
+            if address != "auto":
+                raise
+            # no cluster running on this machine: start a local one
+            ray.init(address="local", object_store_memory=LOCAL_OBJECT_STORE_BYTES, **common)
     except Exception as exc:  # AuthenticationError, version mismatch...: one line, not Ray's traceback
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise EmbedtagError(f"cannot join the Ray cluster at {address}: {first[:300]} (its head answers: check that "
-                            f"this machine's Ray version and RAY_AUTH_MODE match the cluster's)") from None
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        if address == "auto":
+            raise EmbedtagError(f"cannot join or start Ray on this machine (--ray-address auto): {first}") from None
+        raise EmbedtagError(f"cannot join the Ray cluster at {address}: {first} (its head answers: check that this "
+                            "machine's Ray version and RAY_AUTH_MODE match the cluster's)") from None
     return True
 
 
