@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -172,6 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
                       "cold_overhead_vs_local_warm": cold["wall_s"] / local_warm,
                       "store_bytes_per_clip": warm["store_bytes_per_clip"], "shards": warm["shards"],
                       "ray": warm["ray"]})
+    shutil.rmtree(tmp, ignore_errors=True)
     results["runs"] = table
     results["cluster_start_s"] = cluster_start_s
     results["elapsed_s"] = time.perf_counter() - started
