@@ -202,7 +202,7 @@ def markdown(result: dict) -> str:
         f"joined, actors started, model loaded per actor); *warm*: a second job in the same process. Two-node "
         f"cluster start (`ray start --head` + `ray start --address`, not in the times): "
         f"{result['cluster_start_s']:.0f} s."), "", *rows, "",
-        (f"Single-thread costs on this CPU: decoding {c['decode_cpu_s_per_audio_h']:.0f} CPU-s per hour of audio "
+        (f"Single-thread costs on this CPU: decoding {c['decode_cpu_s_per_audio_h']:.1f} CPU-s per hour of audio "
         f"({c['decode_cpu_s_per_window'] * 1e3:.1f} ms per window of these clips; WAV files, so no codec cost: "
         f"FLAC, Vorbis or AAC as AudioSet downloads usually are decode several times slower); the model alone "
         f"{c['model_cpu_windows_per_s']:.0f} windows/s on one CPU thread."), "",
