@@ -134,6 +134,16 @@ class TestLocalRay:
         assert sorted(p.name for p in (out / "shards").iterdir()) == shards
         assert sorted(open_store(out).clip_ids) == sorted(local_store.clip_ids)
 
+    def test_gpu_actors_on_a_cluster_without_gpus_are_refused(self, clips, tmp_path):
+        """--gpus-per-actor asks Ray for GPUs; a pool the cluster cannot hold is refused instead of waiting forever."""
+        from embedtag.embeddings.pipeline import extract
+        from embedtag.errors import ParamError
+
+        with pytest.raises(ParamError, match=r"1 actors x 1 GPUs need 1 GPUs; the cluster has 0"):
+            extract(clips, tmp_path / "s", model=MODEL, progress=False, engine="ray", gpus_per_actor=1)
+        with pytest.raises(ParamError, match=r"3 actors .* need 4 CPUs; the cluster has 2"):
+            extract(clips, tmp_path / "s", model=MODEL, progress=False, engine="ray", actors=3)
+
     def test_actor_killed_mid_job_every_clip_exactly_once(self, clips):
         """SIGKILL the process running the embedding actor as soon as the first clips come back: Ray restarts it
         and retries its batches; the driver still closes every clip exactly once. (Quarter-second windows, one per
