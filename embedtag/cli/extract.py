@@ -14,7 +14,8 @@ EXIT_FAILURES = 3  # the run finished but some files were recorded as failed
 @app.command(epilog="Examples:\n\n  embedtag extract ../shared/data/dcase2016_task2_office --model yamnet --out stores/office\n\n"
                     "  embedtag extract train_curated.csv --model panns-cnn14 --out stores/curated --batch-size 32\n\n"
                     "  embedtag extract clips/ --model yamnet-lite --out stores/clips --pooling meanmax\n\n"
-                    "  embedtag extract audioset.csv --out stores/as --engine ray --ray-address auto --gpus-per-actor 1")
+                    "  embedtag extract audioset.csv --out stores/as --engine ray --ray-address HEAD:6379 "
+                    "--gpus-per-actor 1")
 def extract(
     src: list[Path] = typer.Argument(..., help="Audio directory (recursive), a dataset folder (labels.csv + audio/), "
                                                "a CSV with fname[,labels], or audio files."),

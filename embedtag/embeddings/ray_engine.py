@@ -212,9 +212,9 @@ class _Rows:
         return len(self.cols["i"])
 
     def _add(self, **values) -> None:
-        defaults = {"w": -1, "samples": b"", "weight_s": 0.0, "n_windows": 0, "duration_s": 0.0, "sample_rate": 0, "channels": 0,
-                        "peak": 0.0, "sum_sq": 0.0, "n_samples": 0, "err_type": "", "err_path": "", "err_reason": "",
-                        "decode_node": self.node, "decoded_in_actor": self.in_actor}
+        defaults = {"w": -1, "samples": b"", "weight_s": 0.0, "n_windows": 0, "duration_s": 0.0, "sample_rate": 0,
+                    "channels": 0, "peak": 0.0, "sum_sq": 0.0, "n_samples": 0, "err_type": "", "err_path": "",
+                    "err_reason": "", "decode_node": self.node, "decoded_in_actor": self.in_actor}
         defaults.update(values)
         for c in self.COLUMNS:
             self.cols[c].append(defaults[c])
@@ -253,7 +253,8 @@ class EmbedActor:
         self.backbone = load_backbone(model, weights=local, device=device)
         if weights_sha256 and self.backbone.weights_sha256 != weights_sha256:
             raise WeightsError(f"node {socket.gethostname()}: the weights of {model} there "
-                               f"({self.backbone.weights_path}) differ from the driver's (sha256 {weights_sha256[:12]}…)")
+                               f"({self.backbone.weights_path}) differ from the driver's "
+                               f"(sha256 {weights_sha256[:12]}…)")
         self.backbone.warmup()
         self.n_classes = len(self.backbone.class_names)
         self.node, self.pid = _node_id(), os.getpid()
@@ -334,7 +335,8 @@ def run_ray(backbone, sources: Sequence[ClipSource], *, on_batch: Callable[[list
     env = {"env_vars": {k: os.environ[k] for k in _PASS_ENV if k in os.environ}}
     # absolute: workers do not run in the driver's directory (records keep the path as given)
     items = [{"i": i, "clip_id": s.clip_id, "path": os.path.abspath(s.path)} for i, s in enumerate(sources)]
-    ds = ray.data.from_items(items, override_num_blocks=min(MAX_INPUT_BLOCKS, max(1, -(-len(items) // DECODE_CLIPS_PER_TASK))))
+    n_blocks = min(MAX_INPUT_BLOCKS, max(1, -(-len(items) // DECODE_CLIPS_PER_TASK)))
+    ds = ray.data.from_items(items, override_num_blocks=n_blocks)
     ds = ds.map_batches(
         _decode_batch, batch_size=DECODE_CLIPS_PER_TASK, batch_format="numpy", num_cpus=cpus_per_decoder,
         fn_kwargs={"sample_rate": backbone.sample_rate, "min_samples": backbone.min_samples, "window_s": window_s,
