@@ -182,7 +182,8 @@ class TestLocalRay:
 def test_two_node_cluster_on_loopback(clips, local_store, tmp_path):
     """`ray start --head` + `ray start --address` on 127.0.0.1 (own ports and temp dirs, stopped after), then
     `embedtag extract --engine ray --ray-address HOST:PORT` in a fresh process, as a user runs it: the job runs on
-    both nodes and writes the same store."""
+    both nodes and writes the same store. (Two windows per model call: enough calls that the actor which starts
+    second still gets work.)"""
     import subprocess
 
     from embedtag.embeddings.ray_engine import loopback_cluster
@@ -194,7 +195,7 @@ def test_two_node_cluster_on_loopback(clips, local_store, tmp_path):
         done = subprocess.run(
             [sys.executable, "-c", "from embedtag.cli import main; main()", "extract", str(clips), "--out", str(out),
              "-m", MODEL, "--window-s", str(WINDOW_S), "--engine", "ray", "--ray-address", address, "--actors", "2",
-             "-q"], env=env, capture_output=True, text=True, timeout=600, check=False)
+             "--batch-size", "2", "-q"], env=env, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 3, done.stdout + done.stderr  # 3: finished, with broken.wav recorded as failed
     assert "2 node(s), 2 actor(s) on CPU; embedded on 2 node(s) by 2 actor process(es)" in done.stdout, done.stdout
     assert "broken.wav" in done.stdout
