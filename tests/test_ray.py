@@ -197,7 +197,8 @@ def test_two_node_cluster_on_loopback(clips, local_store, tmp_path):
              "-m", MODEL, "--window-s", str(WINDOW_S), "--engine", "ray", "--ray-address", address, "--actors", "2",
              "--batch-size", "2", "-q"], env=env, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 3, done.stdout + done.stderr  # 3: finished, with broken.wav recorded as failed
-    assert "2 node(s), 2 actor(s) on CPU; embedded on 2 node(s) by 2 actor process(es)" in done.stdout, done.stdout
+    assert "2 node(s), 2 actor(s) on CPU; decoded on 2 node(s), embedded on 2 node(s) by 2 actor process(es)" \
+        in done.stdout, done.stdout
     assert "broken.wav" in done.stdout
     assert_same_store(open_store(out), local_store)
 

@@ -60,6 +60,8 @@ ACTOR_CPUS = 1.0
 #: memory each embedding actor reserves (a model and a batch of windows). Also keeps decoding out of the actors:
 #: Ray Data fuses a task stage into the next actor stage when their resource requests are identical.
 ACTOR_MEMORY_BYTES = 1 << 30
+#: how long a job waits for its actor pool to start (model loads; an autoscaler adding nodes)
+ACTOR_START_TIMEOUT_S = 900
 #: environment the workers need to find weights and stay offline like the driver
 _PASS_ENV = ("EMBEDTAG_WEIGHTS_DIR", "EMBEDTAG_HOME", "EMBEDTAG_OFFLINE", "TF_CPP_MIN_LOG_LEVEL")
 
@@ -81,7 +83,8 @@ class RayRunStats:
 
     def describe(self) -> str:
         return (f"{len(self.nodes)} node(s), {self.actors} actor(s)"
-                f"{f' x {self.gpus_per_actor:g} GPU' if self.gpus_per_actor else ' on CPU'}; embedded on "
+                f"{f' x {self.gpus_per_actor:g} GPU' if self.gpus_per_actor else ' on CPU'}; decoded on "
+                f"{len(self.decode_nodes)} node(s), embedded on "
                 f"{len(self.embed_nodes)} node(s) by {len(self.embed_actors)} actor process(es)"
                 f"{f', {self.duplicates} re-delivered rows dropped' if self.duplicates else ''}")
 
@@ -149,9 +152,12 @@ def check_address(address: str | None) -> None:
                             "with `ray start --head`, or use --ray-address auto") from None
 
 
-def _quiet_ray_data(ray) -> None:
-    """Our progress bar is the one shown; Ray Data's bars and per-run log lines would interleave with it."""
+def _configure_ray_data(ray) -> None:
+    """Wait for the whole actor pool before feeding it (every actor gets work from the start, and a pool that
+    cannot start fails after ACTOR_START_TIMEOUT_S instead of waiting forever); our progress bar is the one shown
+    (Ray Data's bars and per-run log lines would interleave with it)."""
     ctx = ray.data.DataContext.get_current()
+    ctx.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
     ctx.enable_progress_bars = False
     ctx.enable_operator_progress_bars = False
     ctx.print_on_execution_start = False
@@ -323,7 +329,7 @@ def run_ray(backbone, sources: Sequence[ClipSource], *, on_batch: Callable[[list
         return stats
     ray = import_ray()
     connect(ray_address)  # kept open after the job on purpose, see connect()
-    _quiet_ray_data(ray)
+    _configure_ray_data(ray)
     resources = ray.cluster_resources()
     stats.nodes = sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive"))
     if actors is None:
