@@ -52,7 +52,7 @@ INSTALL_HINT = "pip install 'embedtag[ray]'"
 #: object store of a local Ray instance started by ``--ray-address auto`` (a cluster's own setting wins otherwise)
 LOCAL_OBJECT_STORE_BYTES = 1 << 30
 #: clips per decode task: enough to amortise a task's scheduling, few enough to spread a small job over the cluster
-DECODE_CLIPS_PER_TASK = 8
+DECODE_CLIPS_PER_TASK = 4
 #: input blocks at most: a 2M-clip job gets ~200 clips per decode task instead of 250,000 tiny objects
 MAX_INPUT_BLOCKS = 10_000
 #: CPUs each embedding actor reserves (its model's threads; on GPU, feeding the device)
