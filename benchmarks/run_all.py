@@ -40,7 +40,7 @@ RESULTS = HERE / "results"
 README = HERE / "README.md"
 
 #: Benchmark scripts in the order they run (those missing from the checkout are skipped).
-SCRIPTS = ["extract_speed", "heads_speed", "heads_real", "search_speed", "search_real", "serve_load",
+SCRIPTS = ["extract_speed", "ray_extract", "heads_speed", "heads_real", "search_speed", "search_real", "serve_load",
            "finetune_compare", "benchmark_reports"]
 #: Steps run inside this process rather than as a script (name -> one-line description).
 BUILTIN = {"benchmark_reports": "`embedtag benchmark` on every labelled dataset in ../shared/data: the best head "
@@ -50,6 +50,7 @@ LONG = {"search_speed", "heads_speed", "finetune_compare"}
 #: Arguments for ``--quick`` (a smoke run that must not overwrite the real results); None: no quick mode, skipped.
 QUICK_ARGS: dict[str, list[str] | None] = {
     "extract_speed": ["--quick"],  # does not save in quick mode
+    "ray_extract": ["--clips", "24", "--no-save"],
     "search_speed": ["--sizes", "20000", "--dims", "1024", "--no-save", "--flat-up-to", "0"],
     "search_real": ["--out", "/tmp/embedtag_search_real_quick.json"],
     "serve_load": ["--seconds", "3", "--clients", "1", "8", "--no-save"],

@@ -73,7 +73,9 @@ def _fail(message: str) -> None:
     import logging
 
     from rich.console import Console
+    from rich.markup import escape
 
     logging.getLogger("embedtag").debug("traceback of the error below (shown with -v)", exc_info=True)
-    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # escaped: messages hold brackets that are not markup (pip install 'embedtag[ray]')
+    Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     sys.exit(1)

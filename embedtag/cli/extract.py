@@ -25,6 +25,11 @@ from embedtag.cli._options import (
 EXIT_FAILURES = 3  # the run finished but some of its inputs are not in the store (recorded as failed)
 
 
+class Engine(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
 class Pooling(str, Enum):
     mean = "mean"
     max = "max"
@@ -33,7 +38,9 @@ class Pooling(str, Enum):
 
 @app.command(epilog="Examples:\n\n  embedtag extract ../shared/data/dcase2016_task2_office --out stores/office\n\n"
                     "  embedtag extract train_curated.csv --model panns-cnn14 --out stores/curated --batch-size 32\n\n"
-                    "  embedtag extract clips/ -m yamnet-lite --out stores/clips --pooling meanmax -q")
+                    "  embedtag extract clips/ -m yamnet-lite --out stores/clips --pooling meanmax -q\n\n"
+                    "  embedtag extract audioset.csv --out stores/as --engine ray --ray-address HEAD:6379 "
+                    "--gpus-per-actor 1")
 def extract(
     src: list[Path] = typer.Argument(..., help="Audio directory (recursive), a dataset folder (labels.csv + audio/), "
                                                "a CSV with fname[,labels], or audio files."),
@@ -55,6 +62,16 @@ def extract(
                                             help="Accept CSV rows naming files outside the CSV's dataset folder."),
     quiet: bool = QUIET,
     verbose: bool = VERBOSE,
+    engine: Engine = typer.Option(Engine.local, help="local (this process) or ray (a Ray cluster; needs "
+                                                     "embedtag's ray extra). Same store either way."),
+    ray_address: str | None = typer.Option(None, "--ray-address", help="Ray: auto (join `ray start`'s cluster, "
+                                                                       "else start a local one) or HOST:PORT."),
+    actors: int | None = typer.Option(None, min=1, help="Ray: Model actors (default: GPUs / --gpus-per-actor, "
+                                                        "else one per 4 CPUs)."),
+    gpus_per_actor: float | None = typer.Option(None, "--gpus-per-actor", min=0, help="Ray: GPUs per actor "
+                                                                                      "(> 0: the model runs on CUDA)."),
+    cpus_per_decoder: float | None = typer.Option(None, "--cpus-per-decoder", min=0.01,
+                                                  help="Ray: CPUs per decoding task (default 1)."),
 ) -> None:
     """Embed audio into an embedding store (Parquet shards + manifest); a rerun resumes where it stopped.
 
@@ -73,7 +90,8 @@ def extract(
                           labels=labels, weights=weights, device=device, batch_size=batch_size, workers=workers,
                           pooling=pooling.value, window_s=window_s, scores=scores, strict=strict,
                           max_duration_s=max_duration_s, limit=limit, allow_outside_root=allow_outside_root,
-                          progress=not quiet)
+                          progress=not quiet, engine=engine.value, ray_address=ray_address, actors=actors,
+                          gpus_per_actor=gpus_per_actor, cpus_per_decoder=cpus_per_decoder)
     print_summary(summary)
     if summary.n_unstored:
         raise typer.Exit(EXIT_FAILURES)
@@ -94,6 +112,8 @@ def print_summary(summary) -> None:
         t.add_row("not stored", f"{summary.n_unstored} of {summary.n_inputs} inputs (rerun to try them again)")
     if getattr(summary, "n_relabelled", 0):
         t.add_row("labels", f"{summary.n_relabelled} stored clips got new labels")
+    if getattr(summary, "ray", None) is not None:
+        t.add_row("ray", summary.ray.describe())
     t.add_row("time", f"{summary.elapsed_s:.1f} s")
     t.add_row("throughput", f"{summary.clips_per_s:.1f} clips/s, {summary.realtime_factor:.0f}x real time")
     console.print(t)

@@ -50,6 +50,8 @@ class ExtractSummary:
     audio_s: float = 0.0
     elapsed_s: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)
+    #: engine="ray": where the work ran (``ray_engine.RayRunStats``: nodes, actors, retries absorbed)
+    ray: object | None = None
 
     @property
     def clips_per_s(self) -> float:
@@ -340,7 +342,9 @@ def extract(src, out: str | os.PathLike, model="yamnet", *, labels=None, weights
             batch_size: int | None = None, workers: int | None = None, pooling: str = "mean",
             window_s: float | None = None, scores: bool = True, strict: bool = False,
             max_duration_s: float | None = A.DEFAULT_MAX_DURATION_S, limit: int | None = None,
-            allow_outside_root: bool = False, progress: bool = True) -> ExtractSummary:
+            allow_outside_root: bool = False, progress: bool = True, engine: str = "local",
+            ray_address: str | None = None, actors: int | None = None, gpus_per_actor: float | None = None,
+            cpus_per_decoder: float | None = None) -> ExtractSummary:
     """Embed ``src`` (see :func:`embedtag.inputs.resolve_sources`: files, folders, CSVs, dataset layouts) into the
     embedding store at ``out``; resumable. ``limit``: only the first N inputs. ``allow_outside_root``: accept CSV
     rows that point outside the CSV's dataset folder.
@@ -353,14 +357,22 @@ def extract(src, out: str | os.PathLike, model="yamnet", *, labels=None, weights
     writing the same store waits up to ``embedtag.store.LOCK_TIMEOUT_S`` seconds, then gets an ArtifactError.
     ``summary.n_unstored`` counts this run's inputs still not stored at the end (the CLI exits 3 when > 0).
     ``scores=False`` on a store that keeps AudioSet scores keeps writing them (the store's layout wins).
+
+    ``engine="ray"`` runs decoding and the model on a Ray cluster (:mod:`embedtag.embeddings.ray_engine`;
+    ``ray_address`` ``"auto"`` or ``HOST:PORT``, ``actors``, ``gpus_per_actor``, ``cpus_per_decoder``) and writes
+    the same store; the other arguments mean the same, except ``device`` and ``workers`` (actors use CUDA when
+    ``gpus_per_actor`` > 0; decoding runs on the cluster's CPUs).
     """
     from embedtag.store import EmbeddingStore, StoreManifest
 
     check_extract_options(batch_size=batch_size, workers=workers, pooling=pooling, window_s=window_s,
                           max_duration_s=max_duration_s, limit=limit)
+    engine_run = _engine(engine, ray_address=ray_address, actors=actors, gpus_per_actor=gpus_per_actor,
+                         cpus_per_decoder=cpus_per_decoder, weights=weights)
     # clip ids come back valid UTF-8 (a non-UTF-8 file name is escaped); paths stay the real ones
     sources = resolve_sources(src, labels, exclude=[out], allow_outside_root=allow_outside_root, limit=limit)
-    backbone = _load(model, weights, device)
+    # with Ray the driver's copy only names the model (the actors load their own): keep it off the GPUs
+    backbone = _load(model, weights, "cpu" if engine == "ray" else device)
     window_s = float(window_s or DEFAULT_WINDOW_S)
     if window_s * backbone.sample_rate < 1:
         raise ParamError(f"window_s={window_s:g} is shorter than one sample at {backbone.sample_rate} Hz")
@@ -398,8 +410,9 @@ def extract(src, out: str | os.PathLike, model="yamnet", *, labels=None, weights
             summary.n_skipped = len(sources) - len(todo)
             summary.n_retried = sum(s.clip_id in failed for s in todo)
             with _progress_bar(progress, len(todo), f"{backbone.name} → {Path(out).name}") as advance:
-                run(backbone, todo, on_batch=on_batch, on_error=on_error, batch_size=batch_size, workers=workers,
-                    pooling=pooling, window_s=window_s, max_duration_s=max_duration_s, on_progress=advance)
+                summary.ray = engine_run(backbone, todo, on_batch=on_batch, on_error=on_error,
+                                         batch_size=batch_size, workers=workers, pooling=pooling,
+                                         window_s=window_s, max_duration_s=max_duration_s, on_progress=advance)
             summary.n_relabelled = _update_labels(store, sources)
     finally:
         summary.elapsed_s = time.perf_counter() - start
@@ -439,6 +452,24 @@ def _update_labels(store, sources: Sequence[ClipSource]) -> int:
     """Give clips stored earlier the labels this run's inputs carry (a rerun with ``--labels``)."""
     given = {s.clip_id: list(s.labels) for s in sources if s.labels is not None}
     return store.set_labels(given, ignore_missing=True) if given else 0
+
+
+def _engine(engine: str, *, weights=None, **ray_options) -> Callable:
+    """``run`` for ``engine="local"``; ``ray_engine.run_ray`` bound to the Ray options for ``engine="ray"``."""
+    given = {k: v for k, v in ray_options.items() if v is not None}
+    if engine == "local":
+        if given:
+            raise ParamError(f"{', '.join(sorted(given))} only apply to engine='ray' (--engine ray)")
+        return run
+    if engine != "ray":
+        raise ParamError(f"unknown engine {engine!r}; use local or ray")
+    import functools
+
+    from embedtag.embeddings import ray_engine
+
+    ray_engine.import_ray()  # "pip install 'embedtag[ray]'" before any model is loaded or store created
+    ray_engine.check_address(given.get("ray_address"))
+    return functools.partial(ray_engine.run_ray, weights=weights, **given)
 
 
 class _progress_bar:
