@@ -16,7 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from conftest import IN_CI, run_cli
+from embedtag.embeddings.pipeline import extract
+from embedtag.errors import ParamError
 
 try:
     import ray  # noqa: F401
@@ -48,7 +51,7 @@ def clips(shared_data, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def local_store(clips, tmp_path_factory):
-    from embedtag.embeddings.pipeline import extract
+
     from embedtag.store import open_store
 
     out = tmp_path_factory.mktemp("ray_local") / "store"
@@ -117,7 +120,7 @@ class TestLocalRay:
         shutil.rmtree(tmp, ignore_errors=True)
 
     def test_same_store_as_local_engine_bad_file_recorded_rerun_adds_nothing(self, clips, local_store, tmp_path):
-        from embedtag.embeddings.pipeline import extract
+
         from embedtag.store import open_store
 
         out = tmp_path / "store"
@@ -136,7 +139,7 @@ class TestLocalRay:
 
     def test_gpu_actors_on_a_cluster_without_gpus_are_refused(self, clips, tmp_path):
         """--gpus-per-actor asks Ray for GPUs; a pool the cluster cannot hold is refused instead of waiting forever."""
-        from embedtag.embeddings.pipeline import extract
+
         from embedtag.errors import ParamError
 
         with pytest.raises(ParamError, match=r"1 actors x 1 GPUs need 1 GPUs; the cluster has 0"):
@@ -223,5 +226,7 @@ def test_unreachable_cluster_and_misplaced_options_are_refused(clips, tmp_path, 
     code, _, err = run_cli(capsys, "extract", clips, "--out", tmp_path / "s", "-m", MODEL, "--actors", "2", "-q")
     assert code == 1 and "actors only apply to engine='ray'" in err
     code, _, err = run_cli(capsys, "extract", clips, "--out", tmp_path / "s", "-m", MODEL, "--engine", "spark")
-    assert code == 1 and "unknown engine 'spark'" in err
+    assert code == 2 and "'spark'" in err and "'local'" in err  # a usage error that lists the choices
+    with pytest.raises(ParamError, match="unknown engine 'spark'"):
+        extract(clips, tmp_path / "s", model=MODEL, engine="spark")
     assert not (tmp_path / "s").exists()
