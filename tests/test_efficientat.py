@@ -101,3 +101,17 @@ def test_front_end_matches_its_definition():
     centre_hz = 700 * (np.exp(np.linspace(0, 1127 * np.log1p(15000 / 700), 130)[1:-1] / 1127) - 1)
     peak = int(mel[0].mean(dim=1).argmax())
     assert abs(centre_hz[peak] - 1000) < 60
+
+
+def test_is_the_default_backbone_of_encode_extract_cli_and_demo(mn04, shared_data):
+    import re
+
+    from embedtag.embeddings.pipeline import encode
+    from embedtag.embeddings.registry import DEFAULT_MODEL
+
+    assert DEFAULT_MODEL == "efficientat-mn04"
+    clip = _clip(shared_data, "knock001.wav")
+    np.testing.assert_allclose(encode(clip, sample_rate=32000)[0], mn04.embed([clip]).embeddings[0], atol=1e-4)
+    from conftest import REPO
+
+    assert re.search(r"^MODEL \?= efficientat-mn04$", (REPO / "Makefile").read_text(), re.M)

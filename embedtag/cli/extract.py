@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from embedtag.cli import app
+from embedtag.embeddings.registry import DEFAULT_MODEL
 
 EXIT_FAILURES = 3  # the run finished but some files were recorded as failed
 
@@ -18,7 +19,7 @@ def extract(
     src: list[Path] = typer.Argument(..., help="Audio directory (recursive), a dataset folder (labels.csv + audio/), "
                                                "a CSV with fname[,labels], or audio files."),
     out: Path = typer.Option(..., "--out", "-o", help="Embedding store directory (created, or resumed)."),
-    model: str = typer.Option("yamnet", "--model", "-m", help="Backbone name; see `embedtag models`."),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Backbone name; see `embedtag models`."),
     weights: Path | None = typer.Option(None, help="Weights file/dir to use instead of the mirror or cache."),
     labels: Path | None = typer.Option(None, help="fname,labels CSV attaching labels by clip_id."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
