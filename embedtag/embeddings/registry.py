@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import importlib
+import importlib.util
 import os
 from dataclasses import dataclass, field
 from functools import cache
@@ -45,9 +46,13 @@ class BackboneSpec:
     #: pip extra that provides the framework
     extra: str
     options: dict = field(default_factory=dict)
+    #: (module, backbone): when ``module`` cannot be imported, ``load_backbone`` builds ``backbone`` instead
+    fallback: tuple[str, str] | None = None
+    #: backbones whose weight files this one converts its own from (then those count as present)
+    converted_from: tuple[str, ...] = ()
 
     def weights_present(self) -> bool:
-        return find(self.weights) is not None
+        return find(self.weights) is not None or any(get_spec(n).weights_present() for n in self.converted_from)
 
 
 _SPECS: dict[str, BackboneSpec] = {}
@@ -78,13 +83,22 @@ register(BackboneSpec(
     embedding_dim=1024, sample_rate=16000, n_classes=521,
     weights=WeightFile("yamnet", "saved_model", "https://tfhub.dev/google/yamnet/1?tf-hub-format=compressed",
                        archive="tar.gz", files_sha256=_YAMNET_FILES),
-    description="YAMNet (TF Hub SavedModel), 16 kHz MobileNet-v1, 0.96 s patches", extra="yamnet"))
+    description="YAMNet (TF Hub SavedModel), 16 kHz MobileNet-v1, 0.96 s patches", extra="yamnet",
+    fallback=("tensorflow", "yamnet-torch")))  # the same network without TensorFlow (patch cosine > 0.9999)
 register(BackboneSpec(
     name="yamnet-lite", family="yamnet", impl="embedtag.embeddings.backbones.yamnet:YamnetLite",
     embedding_dim=1024, sample_rate=16000, n_classes=521,
     weights=WeightFile("yamnet", "yamnet.tflite",
                        "https://tfhub.dev/google/lite-model/yamnet/tflite/1?lite-format=tflite"),
     description="YAMNet as a TFLite file (ai-edge-litert; no TensorFlow needed)", extra="lite"))
+register(BackboneSpec(
+    name="yamnet-torch", family="yamnet", impl="embedtag.embeddings.backbones.yamnet_torch:YamnetTorch",
+    embedding_dim=1024, sample_rate=16000, n_classes=521,
+    # converted once (into the cache) from the SavedModel or TFLite file the user has; never downloaded itself
+    weights=WeightFile("yamnet", "yamnet_torch.safetensors",
+                       "https://tfhub.dev/google/lite-model/yamnet/tflite/1?lite-format=tflite"),
+    description="YAMNet in PyTorch (converted from the SavedModel or TFLite file), batched, CPU or CUDA",
+    extra="all", converted_from=("yamnet", "yamnet-lite")))
 register(BackboneSpec(
     name="efficientat-mn04", family="efficientat", impl="embedtag.embeddings.backbones.efficientat:EfficientATBackbone",
     embedding_dim=384, sample_rate=32000, n_classes=527,
@@ -108,8 +122,13 @@ def get_spec(name: str) -> BackboneSpec:
 
 def load_backbone(name: str, *, weights: str | os.PathLike | None = None, device: str | None = "auto",
                   offline: bool | None = None):
-    """Build backbone ``name`` with its weights resolved (see ``embedtag.embeddings.weights``)."""
+    """Build backbone ``name`` with its weights resolved (see ``embedtag.embeddings.weights``).
+
+    A backbone whose framework is missing is replaced by its registered fallback (``yamnet`` without TensorFlow
+    loads ``yamnet-torch``, whose name the store then records)."""
     spec = get_spec(name)
+    if spec.fallback and importlib.util.find_spec(spec.fallback[0]) is None:
+        spec = get_spec(spec.fallback[1])
     module_name, _, cls_name = spec.impl.partition(":")
     try:
         module = importlib.import_module(module_name)
