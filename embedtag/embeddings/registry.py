@@ -17,6 +17,7 @@ from embedtag.embeddings.weights import WeightFile, find
 from embedtag.errors import EmbedtagError
 
 ZENODO_PANNS = "https://zenodo.org/record/3987831/files/"
+EFFICIENTAT_RELEASE = "https://github.com/fschmid56/EfficientAT/releases/download/v0.0.1/"
 
 #: The backbone used when none is named (extract, encode, `embedtag extract`, `make demo`). EfficientAT mn04 beats
 #: YAMNet on every real set of benchmarks/README.md (benchmark_reports, best-head lwlrap: dcase 0.984 vs 0.942,
@@ -103,10 +104,25 @@ register(BackboneSpec(
     name="efficientat-mn04", family="efficientat", impl="embedtag.embeddings.backbones.efficientat:EfficientATBackbone",
     embedding_dim=384, sample_rate=32000, n_classes=527,
     weights=WeightFile("efficientat", "mn04_as_mAP_432.pt",
-                       "https://github.com/fschmid56/EfficientAT/releases/download/v0.0.1/mn04_as_mAP_432.pt",
+                       EFFICIENTAT_RELEASE + "mn04_as_mAP_432.pt",
                        checksum="sha256:899a8c6217063f6941793102a2780b3dd788ab11fce468d9cf5f0577c453321c"),
     description="EfficientAT mn04_as (AudioSet mAP 0.432), 32 kHz MobileNetV3 width 0.4, ~1M parameters",
     extra="all", options={"width_mult": 0.4}))
+# EfficientAT publishes no checksums for its release files and none could be found from a trustworthy source, so
+# mn10/mn40 downloads are verified by loadability only: the file must load with weights_only=True and match the
+# width's architecture strictly (every key and shape), which a truncated or foreign file cannot.
+register(BackboneSpec(
+    name="efficientat-mn10", family="efficientat", impl="embedtag.embeddings.backbones.efficientat:EfficientATBackbone",
+    embedding_dim=960, sample_rate=32000, n_classes=527,
+    weights=WeightFile("efficientat", "mn10_as_mAP_471.pt", EFFICIENTAT_RELEASE + "mn10_as_mAP_471.pt"),
+    description="EfficientAT mn10_as (AudioSet mAP 0.471), 32 kHz MobileNetV3 width 1.0, 4.9M parameters",
+    extra="all", options={"width_mult": 1.0}))
+register(BackboneSpec(
+    name="efficientat-mn40", family="efficientat", impl="embedtag.embeddings.backbones.efficientat:EfficientATBackbone",
+    embedding_dim=3840, sample_rate=32000, n_classes=527,
+    weights=WeightFile("efficientat", "mn40_as_mAP_484.pt", EFFICIENTAT_RELEASE + "mn40_as_mAP_484.pt"),
+    description="EfficientAT mn40_as (AudioSet mAP 0.484), 32 kHz MobileNetV3 width 4.0, 68M parameters",
+    extra="all", options={"width_mult": 4.0, "batch_size": 8}))
 
 
 def list_backbones() -> list[BackboneSpec]:
