@@ -63,6 +63,17 @@ def test_yamnet_is_batch_invariant(which, request):
         alone = bb.embed([c], return_frames=True)
         np.testing.assert_allclose(together.embeddings[i], alone.embeddings[0], atol=1e-4)
         np.testing.assert_allclose(together.frames[i], alone.frames[0], atol=1e-4)
+        # packed (TF) or padded to whole hops (TFLite), a clip gets the patches of one plain call on it
+        np.testing.assert_allclose(together.frames[i], bb._run(c)[1], atol=1e-4)
+
+
+def test_patch_count_follows_yamnets_float32_rounding(yamnet_lite):
+    """On the patch grid (PATCH + k * HOP samples) YAMNet itself sometimes pads one more hop; n_patches agrees."""
+    from embedtag.embeddings.backbones.yamnet import n_patches
+
+    for n in (100, 15600, 15601, 38640, 38639, 46320, 207600, 207601):
+        assert yamnet_lite._run(np.zeros(n, np.float32))[1].shape[0] == n_patches(n), n
+    assert n_patches(38640) == 5 and n_patches(46320) == 5  # k=3 gets the extra patch, k=4 does not
 
 
 # ---------------------------------------------------------------------------------------------- PANNs

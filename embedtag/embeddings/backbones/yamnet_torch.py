@@ -23,7 +23,6 @@ exactly those it gets alone and no padding leaks between clips (batch invariance
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,6 +34,7 @@ from torch import nn
 
 from embedtag.embeddings.backbones._torch_util import TorchBackbone, autocast, to_device
 from embedtag.embeddings.backbones.base import BackboneOutput, resolve_device
+from embedtag.embeddings.backbones.yamnet import n_patches
 from embedtag.errors import EmbedtagError, WeightsError
 
 SAMPLE_RATE = 16000
@@ -78,13 +78,9 @@ def linear_to_mel_weight_matrix(num_mel_bins: int = MEL_BANDS, num_spectrogram_b
 
 
 def padded_length(n_samples: int) -> int:
-    """YAMNet's ``pad_waveform``: at least one patch, then whole 0.48 s hops."""
-    n = max(n_samples, MIN_SAMPLES)
-    return MIN_SAMPLES + PATCH_HOP_SAMPLES * math.ceil((n - MIN_SAMPLES) / PATCH_HOP_SAMPLES)
-
-
-def n_patches(n_samples: int) -> int:
-    return 1 + (padded_length(n_samples) - MIN_SAMPLES) // PATCH_HOP_SAMPLES
+    """YAMNet's ``pad_waveform``: at least one patch, then whole 0.48 s hops, counted with TensorFlow's float32
+    rounding (see ``yamnet.n_patches``)."""
+    return MIN_SAMPLES + PATCH_HOP_SAMPLES * (n_patches(n_samples) - 1)
 
 
 class YamnetFrontEnd(nn.Module):
