@@ -7,11 +7,10 @@ import os
 
 import numpy as np
 import pytest
+from conftest import DATA, require
 
 from embedtag.embeddings.audio import load_audio
 from embedtag.embeddings.registry import load_backbone
-
-from conftest import DATA, require
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 OFFICE = DATA / "dcase2016_task2_office" / "audio"
@@ -69,7 +68,10 @@ def test_patches_match_tensorflow_savedmodel_and_tflite(shared_models, home):
 
 
 def test_conversion_is_cached_checksummed_and_redone_when_the_source_changes(shared_models, home):
-    from embedtag.embeddings.backbones.yamnet_torch import ensure_converted, load_converted
+    from embedtag.embeddings.backbones.yamnet_torch import (
+        ensure_converted,
+        load_converted,
+    )
     from embedtag.embeddings.weights import file_digest, fingerprint
     from embedtag.errors import WeightsError
 

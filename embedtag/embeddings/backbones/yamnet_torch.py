@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -54,8 +55,15 @@ LAYERS = [(3, 2, 32), (3, 1, 64), (3, 2, 128), (3, 1, 128), (3, 2, 256), (3, 1, 
 CONVERTED_NAME = "yamnet_torch.safetensors"
 FORMAT = "embedtag-yamnet-torch/1"
 
-__all__ = ["YamnetTorch", "YamnetNet", "YamnetFrontEnd", "linear_to_mel_weight_matrix", "convert", "padded_length",
-           "load_converted"]
+__all__ = [
+    "YamnetFrontEnd",
+    "YamnetNet",
+    "YamnetTorch",
+    "convert",
+    "linear_to_mel_weight_matrix",
+    "load_converted",
+    "padded_length",
+]
 
 
 # ------------------------------------------------------------------------------------------------ front end
@@ -245,7 +253,7 @@ def convert(source: Path, out: Path) -> Path:
                                 "'embedtag[lite]')") from None
         except WeightsError:
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any reader failure means: not a usable TFLite file
             raise WeightsError(f"{source}: cannot read it as a YAMNet TFLite file ({str(exc).splitlines()[0][:160]})"
                                ) from None
     YamnetNet().load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)  # shape check
@@ -273,7 +281,7 @@ def load_converted(path: Path) -> dict[str, torch.Tensor]:
                                "files to convert again")
     try:
         return load_file(str(path))
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any parse failure means: not a usable converted file
         raise WeightsError(f"{path}: not a readable safetensors file ({str(exc).splitlines()[0][:160]})") from None
 
 
@@ -373,10 +381,10 @@ class YamnetTorch(TorchBackbone):
                     logits, e = self.model(patches[start:start + self.max_patches])
                     emb[start:start + len(e)] = e.float().cpu().numpy()
                     prob[start:start + len(e)] = torch.sigmoid(logits.float()).cpu().numpy()
-        bounds = np.cumsum([0] + counts)
-        clip_emb = np.stack([emb[a:b].mean(0) for a, b in zip(bounds[:-1], bounds[1:])]) if waves else \
-            np.zeros((0, self.embedding_dim), np.float32)
-        clip_prob = np.stack([prob[a:b].mean(0) for a, b in zip(bounds[:-1], bounds[1:])]) if waves else \
-            np.zeros((0, len(self.class_names)), np.float32)
-        frames = [emb[a:b] for a, b in zip(bounds[:-1], bounds[1:])] if return_frames else None
+        spans = list(pairwise(np.cumsum([0, *counts])))
+        clip_emb = np.zeros((len(waves), self.embedding_dim), np.float32)
+        clip_prob = np.zeros((len(waves), len(self.class_names)), np.float32)
+        for i, (a, b) in enumerate(spans):
+            clip_emb[i], clip_prob[i] = emb[a:b].mean(0), prob[a:b].mean(0)
+        frames = [emb[a:b] for a, b in spans] if return_frames else None
         return BackboneOutput(clip_emb, clip_prob, frames)
