@@ -140,3 +140,29 @@ def test_panns_rejects_a_checkpoint_of_another_architecture(tmp_path):
     junk.write_bytes(b"\x00" * 100)
     with pytest.raises(WeightsError, match="not a loadable"):
         load_backbone("panns-cnn14", weights=junk, device="cpu")
+
+
+# ---------------------------------------------------------------------------------------------- GPU check
+@pytest.mark.slow
+def test_gpu_check_smoke_runs_on_cpu_and_writes_its_json(tmp_path):
+    """benchmarks/gpu_check.sh --smoke: every measurement path runs (here on CPU) and the JSON says what it saw."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    out = tmp_path / "gpu_check.json"
+    r = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--smoke", "--models",
+                        "efficientat-mn04", "--out", str(out)], capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, PYTHON=sys.executable))
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert res["smoke"] and res["machine"]["device"] in ("cpu", "cuda") and not res["skipped"]
+    mn04 = res["backbones"]["efficientat-mn04"]
+    for set_name in ("short", "long"):
+        runs = mn04[f"model_only_{set_name}"]
+        assert {r["fp16_autocast"] for r in runs} == {True, False} and all(r["clips_per_s"] > 0 for r in runs)
+        e2e = mn04[f"end_to_end_{set_name}"]
+        assert e2e and all(r["clips"] == res["sizes"][f"n_{set_name}"] and r["e2e_over_model_only"] > 0 for r in e2e)
+    assert res["finetune"]["amp"]["steps_per_s"] > 0 and res["finetune"]["fp32"]["steps_per_s"] > 0

@@ -285,21 +285,41 @@ def load_converted(path: Path) -> dict[str, torch.Tensor]:
         raise WeightsError(f"{path}: not a readable safetensors file ({str(exc).splitlines()[0][:160]})") from None
 
 
-def _find_source(spec) -> Path:
+def _find_source(spec) -> Path | None:
     """The SavedModel or TFLite file the user already has (the SavedModel first when TensorFlow is importable,
-    which reads it; else the TFLite file); with neither present, the TFLite file is resolved as usual (the
-    weights manager's download, or its offline message)."""
+    which reads it; else the TFLite file), or None."""
     import importlib.util
 
     from embedtag.embeddings.registry import get_spec
-    from embedtag.embeddings.weights import find, resolve
+    from embedtag.embeddings.weights import find
 
     saved, lite = find(get_spec("yamnet").weights), find(get_spec("yamnet-lite").weights)
     has_tf = importlib.util.find_spec("tensorflow") is not None
     for candidate in ((saved, lite) if has_tf else (lite, saved)):
         if candidate is not None:
             return candidate
-    return resolve(get_spec("yamnet-lite").weights)
+    return None
+
+
+def _resolve_weights(spec, weights, offline: bool | None = None) -> Path:
+    """A converted file: ``weights`` if it is one; else the conversion of ``weights`` or of the source found;
+    else a converted file already in the mirror or cache; else the TFLite file is resolved as usual (the weights
+    manager's download, or its offline message) and converted."""
+    from embedtag.embeddings.registry import get_spec
+    from embedtag.embeddings.weights import find, resolve
+
+    if weights is not None:
+        path = Path(weights).expanduser()
+        if not path.exists():
+            raise WeightsError(f"weights not found: {path}")
+        return resolve(spec.weights, path) if path.suffix == ".safetensors" else ensure_converted(path)
+    source = _find_source(spec)
+    if source is None:
+        converted = find(spec.weights)
+        if converted is not None:
+            return converted
+        source = resolve(get_spec("yamnet-lite").weights, offline=offline)
+    return ensure_converted(source)
 
 
 def converted_path(source: Path) -> Path:
@@ -345,18 +365,7 @@ class YamnetTorch(TorchBackbone):
         self.device = resolve_device(device)
         self.mixed_precision = mixed_precision
         self.class_names = yamnet_labels()
-        if weights is not None and Path(weights).suffix == ".safetensors":
-            from embedtag.embeddings.weights import resolve
-
-            path = resolve(spec.weights, weights)
-        else:
-            if weights is not None:
-                source = Path(weights).expanduser()
-                if not source.exists():
-                    raise WeightsError(f"weights not found: {source}")
-            else:
-                source = _find_source(spec)
-            path = ensure_converted(source)
+        path = _resolve_weights(spec, weights, offline)
         self.weights_path = path
         net = YamnetNet(len(self.class_names))
         try:
@@ -366,6 +375,8 @@ class YamnetTorch(TorchBackbone):
                                f"{str(exc).splitlines()[-1].strip()[:200]}") from None
         self.front_end = YamnetFrontEnd().to(self.device)
         self.model = net.eval().to(self.device)
+        if self.device.startswith("cuda"):
+            self.model = self.model.to(memory_format=torch.channels_last)
 
     def embed(self, waves: Sequence[np.ndarray], *, return_frames: bool = False,
               batch_size: int | None = None) -> BackboneOutput:
@@ -376,6 +387,8 @@ class YamnetTorch(TorchBackbone):
         prob = np.zeros((total, len(self.class_names)), np.float32)
         with torch.inference_mode():
             patches = torch.cat([self.front_end(to_device(w, self.device))[1] for w in waves]) if waves else None
+            if self.device.startswith("cuda") and patches is not None:
+                patches = patches.contiguous(memory_format=torch.channels_last)
             with autocast(self.device, self.mixed_precision):
                 for start in range(0, total, self.max_patches):
                     logits, e = self.model(patches[start:start + self.max_patches])
