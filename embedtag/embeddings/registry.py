@@ -11,7 +11,6 @@ import importlib.util
 import os
 from dataclasses import dataclass, field
 from functools import cache
-from importlib import resources
 
 from embedtag.embeddings.weights import WeightFile, find
 from embedtag.errors import EmbedtagError
@@ -156,6 +155,8 @@ def load_backbone(name: str, *, weights: str | os.PathLike | None = None, device
 
 @cache
 def _read_class_csv(filename: str) -> tuple[str, ...]:
+    from importlib import resources  # here: `embedtag --help` imports this module and never reads the CSVs
+
     with resources.files("embedtag.embeddings").joinpath("data", filename).open(encoding="utf-8") as f:
         return tuple(row["display_name"] for row in csv.DictReader(f))
 
