@@ -120,9 +120,15 @@ def _same_pad(size: int, kernel: int, stride: int) -> tuple[int, int]:
 
 
 class SameConv(nn.Conv2d):
-    """Conv2d (with bias: BatchNorm folded in) + ReLU, padded like TensorFlow's padding='same'."""
+    """Conv2d (with bias: BatchNorm folded in) + ReLU, padded like TensorFlow's padding='same'. At stride 1 that
+    padding is symmetric and the conv pads itself (no copy); at stride 2 the odd pixel goes after, explicitly."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int = 1, groups: int = 1):
+        super().__init__(c_in, c_out, kernel, stride, padding=(kernel - 1) // 2 if stride == 1 else 0, groups=groups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride == (1, 1):
+            return F.relu(super().forward(x))
         (k_h, k_w), (s_h, s_w) = self.kernel_size, self.stride
         top, bottom = _same_pad(x.shape[-2], k_h, s_h)
         left, right = _same_pad(x.shape[-1], k_w, s_w)
