@@ -166,7 +166,8 @@ def _groups(waves: list[np.ndarray], max_samples: int) -> list[list[int]]:
 
 
 class YamnetSavedModel(_YamnetBase):
-    """YAMNet via ``tensorflow_hub.load`` of the TF Hub SavedModel directory."""
+    """YAMNet from the TF Hub SavedModel directory, through ``tf.saved_model.load`` (what ``tensorflow_hub.load``
+    does for a local TF2 SavedModel, without importing tensorflow_hub: ~0.3 s less per process)."""
 
     def __init__(self, spec, weights=None, device="auto", offline=None):
         super().__init__(spec, weights, device, offline)
@@ -179,11 +180,10 @@ class YamnetSavedModel(_YamnetBase):
                                "variables/); for the .tflite file use --model yamnet-lite")
         try:
             with warnings.catch_warnings(), quiet_native_stderr():
-                warnings.simplefilter("ignore")  # tensorflow_hub imports the deprecated pkg_resources
+                warnings.simplefilter("ignore")  # TensorFlow's import-time deprecation chatter
                 import tensorflow as tf
-                import tensorflow_hub as hub
 
-                self._model = hub.load(str(path))
+                self._model = tf.saved_model.load(str(path))
         except ImportError:
             raise
         except Exception as exc:
