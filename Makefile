@@ -10,13 +10,13 @@ ifneq ($(wildcard $(SHARED)/models),)
 export EMBEDTAG_WEIGHTS_DIR ?= $(SHARED)/models
 endif
 DATA ?=
-MODEL ?= yamnet
+MODEL ?= efficientat-mn04
 OUT ?= demo_out
 
 .PHONY: venv demo test test-deps bench clean help
 
 help:
-	@echo "make demo [DATA=dir] [MODEL=yamnet]   extract real audio end to end (creates .venv)"
+	@echo "make demo [DATA=dir] [MODEL=efficientat-mn04]   extract real audio end to end (creates .venv)"
 	@echo "make test                              run the test suite (creates .venv)"
 	@echo "make bench                             regenerate benchmarks/results and benchmarks/README.md"
 

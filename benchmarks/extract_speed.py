@@ -9,7 +9,12 @@ Measured in one run, on the real clips in ../shared/data (EMBEDTAG_SHARED moves 
 - model-only throughput on pre-decoded audio, at the best batch size tried;
 - the naive peers: `librosa.load` + `tensorflow_hub` YAMNet one file per call, and `librosa.load` +
   `panns_inference.AudioTagging.inference` one file per call;
-- peak memory (max RSS of a fresh process) of `extract` over 1x and 4x the clips.
+- peak memory (max RSS of a fresh process) of `extract` over 1x and 4x the clips;
+- whole process, every backbone, on a short-clip set and a long-clip set: ``embedtag extract`` as a user runs it
+  (interpreter start, imports, weights, decoding, store) against the naive loop of each backbone, also a fresh
+  process (soundfile + soxr decoding, one model call per file): the TFLite interpreter, the TF Hub SavedModel,
+  panns_inference, EfficientAT as its upstream inference script does it (mel front end + model per file), and
+  yamnet-torch one file per call. Ratios compare runs made back to back in the same run.
 PANNs runs on a Cnn14 checkpoint with seeded random weights in the official format (the real one is not
 reachable here); speed does not depend on the weight values. Results: benchmarks/results/extract_speed.json.
 """
@@ -157,6 +162,127 @@ def peak_rss_mb(files_dir: Path, model: str, out: Path) -> float:
     return float(r.stdout.strip().splitlines()[-1])
 
 
+# ------------------------------------------------------------------------------------- whole process, naive loops
+#: short clips (median ~0.5 s) and long ones (~7 s), from the real labelled sets
+CLIP_SETS = {"short": ["goldlab_oddball_novel_sounds", "sonicpi_samples", "dcase2016_task2_office"],
+             "long": ["donateacry_cleaned"]}
+WHOLE_PROCESS_MODELS = ["yamnet-lite", "yamnet", "yamnet-torch", "efficientat-mn04", "panns-cnn14"]
+
+
+def set_files(name: str, limit: int | None) -> list[Path]:
+    files = []
+    for d in CLIP_SETS[name]:
+        files += sorted((SHARED / "data" / d / "audio").iterdir())
+    np.random.default_rng(1).shuffle(files)
+    return files[:limit] if limit else files
+
+
+def _read(path, sample_rate: int) -> np.ndarray:
+    import soundfile as sf
+    import soxr
+
+    x, sr = sf.read(path, dtype="float32", always_2d=True)
+    x = x.mean(axis=1)
+    return soxr.resample(x, sr, sample_rate).astype(np.float32) if sr != sample_rate else x
+
+
+def naive_loop(model: str, files: list[str]) -> None:
+    """What a user writes without embedtag: decode each file, one model call, mean of the embeddings."""
+    weights = Path(os.environ["EMBEDTAG_WEIGHTS_DIR"])
+    if model == "yamnet-lite":
+        from ai_edge_litert.interpreter import Interpreter
+
+        it = Interpreter(model_path=str(weights / "yamnet" / "yamnet.tflite"), num_threads=os.cpu_count())
+        inp = it.get_input_details()[0]["index"]
+        emb_idx = next(d["index"] for d in it.get_output_details() if d["shape"][-1] == 1024)
+        for f in files:
+            x = _read(f, 16000)
+            it.resize_tensor_input(inp, [x.size], strict=False)
+            it.allocate_tensors()
+            it.set_tensor(inp, x)
+            it.invoke()
+            it.get_tensor(emb_idx).mean(axis=0)
+    elif model == "yamnet":
+        import tensorflow_hub as hub
+
+        m = hub.load(str(weights / "yamnet" / "saved_model"))
+        for f in files:
+            m(_read(f, 16000))[1].numpy().mean(axis=0)
+    elif model == "yamnet-torch":
+        from embedtag.embeddings.registry import load_backbone
+
+        bb = load_backbone("yamnet-torch", device="cpu")
+        for f in files:
+            bb.embed([_read(f, 16000)])
+    elif model.startswith("efficientat"):
+        import torch
+
+        from embedtag.embeddings.backbones.efficientat import MelFrontEnd, mn_model
+        from embedtag.embeddings.registry import get_spec
+
+        spec = get_spec(model)
+        net = mn_model(spec.options["width_mult"])
+        net.load_state_dict(torch.load(weights / "efficientat" / spec.weights.relpath, weights_only=True))
+        net.eval()
+        mel = MelFrontEnd()
+        with torch.no_grad():
+            for f in files:
+                x = torch.from_numpy(_read(f, 32000))[None]
+                net(mel(x).unsqueeze(1))
+    elif model == "panns-cnn14":
+        home = Path(tempfile.mkdtemp())  # panns_inference wgets its label CSV into ~/panns_data at import
+        (home / "panns_data").mkdir()
+        shutil.copy(REPO / "embedtag" / "embeddings" / "data" / "audioset_labels.csv",
+                    home / "panns_data" / "class_labels_indices.csv")
+        os.environ["HOME"] = str(home)
+        from panns_inference import AudioTagging
+
+        tagger = AudioTagging(checkpoint_path=str(weights / "panns" / "Cnn14_mAP=0.431.pth"), device="cpu")
+        for f in files:
+            x = _read(f, 32000)
+            tagger.inference(np.pad(x, (0, max(0, 32000 - x.size)))[None, :])
+    else:
+        raise SystemExit(f"no naive loop for {model}")
+
+
+def _wall(cmd: list[str], env: dict) -> float:
+    t = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    el = time.perf_counter() - t
+    if r.returncode not in (0, 3):
+        raise RuntimeError(f"{' '.join(cmd)} failed: {r.stderr[-2000:]}")
+    return el
+
+
+def whole_process(models: list[str], limits: dict[str, int | None], tmp: Path, repeats: int = 1) -> list[dict]:
+    """``embedtag extract`` vs the naive loop, each a fresh process, timed from start to exit."""
+    os.environ["EMBEDTAG_HOME"] = str(tmp / "home")
+    if "yamnet-torch" in models:  # its one-off weight conversion is not what is measured
+        from embedtag.embeddings.registry import load_backbone
+
+        load_backbone("yamnet-torch", device="cpu")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    rows = []
+    for set_name, limit in limits.items():
+        files = set_files(set_name, limit)
+        d = link_dir(files, tmp / f"wp_{set_name}")
+        listing = tmp / f"wp_{set_name}.txt"
+        listing.write_text("\n".join(map(str, files)))
+        audio_s = sum(_read(f, 16000).size / 16000 for f in files)
+        for model in models:
+            e2e, naive = [], []
+            for r in range(repeats):  # alternate, so that load on the shared machine hits both alike
+                naive.append(_wall([sys.executable, "-m", "benchmarks.extract_speed", "--naive", model,
+                                    "--files", str(listing)], env))
+                e2e.append(_wall([sys.executable, "-m", "embedtag", "extract", str(d), "--out",
+                                  str(tmp / f"wp_store_{set_name}_{model}_{r}"), "--model", model, "-q"], env))
+            row = {"set": set_name, "model": model, "clips": len(files), "audio_s": round(audio_s, 1),
+                   "extract_s": min(e2e), "naive_s": min(naive), "extract_over_naive_speed": min(naive) / min(e2e)}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
 def machine() -> dict:
     import torch
 
@@ -169,7 +295,15 @@ def machine() -> dict:
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="fewer clips (a smoke run, not for the README)")
+    ap.add_argument("--whole-process-only", action="store_true", help="only the extract-vs-naive-loop section")
+    ap.add_argument("--models", default=",".join(WHOLE_PROCESS_MODELS), help="backbones of the whole-process section")
+    ap.add_argument("--limits", help="SHORT,LONG clip counts of the whole-process section")
+    ap.add_argument("--naive", help=argparse.SUPPRESS)  # internal: run one naive loop over --files
+    ap.add_argument("--files", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.naive:
+        naive_loop(args.naive, Path(args.files).read_text().splitlines())
+        return {}
     os.environ.setdefault("EMBEDTAG_WEIGHTS_DIR", str(SHARED / "models"))
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     n_yam, n_panns = (60, 12) if args.quick else (600, 60)
@@ -184,6 +318,13 @@ def main(argv: list[str] | None = None) -> dict:
             if (SHARED / "models" / sub).exists():
                 (mirror / sub).symlink_to(SHARED / "models" / sub)
         os.environ["EMBEDTAG_WEIGHTS_DIR"] = str(mirror)
+        limits = {"short": 40, "long": 10} if args.quick else {"short": None, "long": 150}
+        if args.limits:
+            limits = dict(zip(("short", "long"), (int(v) for v in args.limits.split(","))))
+        results["whole_process"] = whole_process(args.models.split(","), limits, tmp)
+        if args.whole_process_only:
+            print(json.dumps(results["whole_process"], indent=1))
+            return results
         for model, n, peer in (("yamnet", n_yam, "tensorflow_hub YAMNet, one file per call (librosa.load)"),
                                ("panns-cnn14", n_panns, "panns_inference.AudioTagging, one file per call (librosa.load)")):
             files = clip_files(n)

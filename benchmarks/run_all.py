@@ -59,6 +59,8 @@ QUICK_ARGS: dict[str, list[str] | None] = {
     "finetune_compare": None,
     "benchmark_reports": None,
 }
+#: Scripts that need a GPU machine (run through benchmarks/gpu_check.sh, never by run_all on a CPU)
+GPU_ONLY = {"gpu_check"}
 #: significant digits of floats in the generic tables
 DIGITS = 4
 #: columns beyond this are dropped from a generic table (the JSON keeps everything)
@@ -70,7 +72,7 @@ def available() -> list[str]:
     """Scripts present in benchmarks/, known ones first, then any other benchmark module with a main()."""
     names = [s for s in SCRIPTS if (HERE / f"{s}.py").is_file() or s in BUILTIN]
     for f in sorted(HERE.glob("*.py")):
-        if f.stem not in names and f.stem not in ("__init__", "run_all") and not f.stem.startswith("_"):
+        if f.stem not in names and f.stem not in ("__init__", "run_all", *GPU_ONLY) and not f.stem.startswith("_"):
             names.append(f.stem)
     return names
 
@@ -403,6 +405,10 @@ def render_readme(results_dir: Path = RESULTS) -> str:
     tail = ""
     if missing:
         tail = "\n## Not yet run\n\n" + "\n".join(f"- `{s}`: {_docline(s)}" for s in missing) + "\n"
+    if not (results_dir / "gpu_check.json").is_file():  # GPU runs need a GPU machine, so run_all never makes them
+        tail += ("\n## GPU\n\nGPU numbers are not measured yet: no run of `benchmarks/gpu_check.sh` (< 8 minutes on "
+                 "one GPU; fp16 autocast vs fp32, batch sizes, decoding workers, fine-tune AMP vs fp32, peak GPU "
+                 "memory) has been committed to `results/gpu_check.json`. Every number above is from a CPU.\n")
     prov = provenance(results_dir)
     return head + "\n" + (prov + "\n" if prov else "") + "\n".join(sections) + tail
 

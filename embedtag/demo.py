@@ -1,6 +1,6 @@
 """`make demo`: the main job end to end on real audio.
 
-    python -m embedtag.demo [--data DIR] [--model yamnet] [--out demo_out] [--shared ../shared]
+    python -m embedtag.demo [--data DIR] [--model efficientat-mn04] [--out demo_out] [--shared ../shared]
 
 With ``--data`` it embeds that folder (audio files, or a dataset folder with labels.csv + audio/), fetching the
 official weights if they are not in ``EMBEDTAG_WEIGHTS_DIR`` or the cache. Without it, it embeds every dataset in
@@ -23,7 +23,9 @@ def _datasets(root: Path) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="make demo", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--data", default="", help="audio folder or dataset folder (default: every dataset in SHARED/data)")
-    ap.add_argument("--model", default="yamnet")
+    from embedtag.embeddings.registry import DEFAULT_MODEL
+
+    ap.add_argument("--model", default=DEFAULT_MODEL, help=f"backbone (default {DEFAULT_MODEL})")
     ap.add_argument("--out", default="demo_out")
     ap.add_argument("--shared", default=str(Path(__file__).resolve().parents[2] / "shared"))
     args = ap.parse_args(argv)

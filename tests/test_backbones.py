@@ -63,6 +63,17 @@ def test_yamnet_is_batch_invariant(which, request):
         alone = bb.embed([c], return_frames=True)
         np.testing.assert_allclose(together.embeddings[i], alone.embeddings[0], atol=1e-4)
         np.testing.assert_allclose(together.frames[i], alone.frames[0], atol=1e-4)
+        # packed (TF) or padded to whole hops (TFLite), a clip gets the patches of one plain call on it
+        np.testing.assert_allclose(together.frames[i], bb._run(c)[1], atol=1e-4)
+
+
+def test_patch_count_follows_yamnets_float32_rounding(yamnet_lite):
+    """On the patch grid (PATCH + k * HOP samples) YAMNet itself sometimes pads one more hop; n_patches agrees."""
+    from embedtag.embeddings.backbones.yamnet import n_patches
+
+    for n in (100, 15600, 15601, 38640, 38639, 46320, 207600, 207601):
+        assert yamnet_lite._run(np.zeros(n, np.float32))[1].shape[0] == n_patches(n), n
+    assert n_patches(38640) == 5 and n_patches(46320) == 5  # k=3 gets the extra patch, k=4 does not
 
 
 # ---------------------------------------------------------------------------------------------- PANNs
@@ -129,3 +140,29 @@ def test_panns_rejects_a_checkpoint_of_another_architecture(tmp_path):
     junk.write_bytes(b"\x00" * 100)
     with pytest.raises(WeightsError, match="not a loadable"):
         load_backbone("panns-cnn14", weights=junk, device="cpu")
+
+
+# ---------------------------------------------------------------------------------------------- GPU check
+@pytest.mark.slow
+def test_gpu_check_smoke_runs_on_cpu_and_writes_its_json(tmp_path):
+    """benchmarks/gpu_check.sh --smoke: every measurement path runs (here on CPU) and the JSON says what it saw."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    out = tmp_path / "gpu_check.json"
+    r = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--smoke", "--models",
+                        "efficientat-mn04", "--out", str(out)], capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, PYTHON=sys.executable))
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert res["smoke"] and res["machine"]["device"] in ("cpu", "cuda") and not res["skipped"]
+    mn04 = res["backbones"]["efficientat-mn04"]
+    for set_name in ("short", "long"):
+        runs = mn04[f"model_only_{set_name}"]
+        assert {r["fp16_autocast"] for r in runs} == {True, False} and all(r["clips_per_s"] > 0 for r in runs)
+        e2e = mn04[f"end_to_end_{set_name}"]
+        assert e2e and all(r["clips"] == res["sizes"][f"n_{set_name}"] and r["e2e_over_model_only"] > 0 for r in e2e)
+    assert res["finetune"]["amp"]["steps_per_s"] > 0 and res["finetune"]["fp32"]["steps_per_s"] > 0

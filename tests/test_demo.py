@@ -23,8 +23,8 @@ def test_bare_demo_without_shared_says_what_to_do(tmp_path):
 
 def test_demo_on_a_real_dataset_runs_end_to_end(tmp_path, shared_models):
     data = require(DATA / "goldlab_oddball_novel_sounds")
-    r = _demo("--data", str(data), "--model", "yamnet-lite", "--out", str(tmp_path / "o"))
+    r = _demo("--data", str(data), "--out", str(tmp_path / "o"))  # the default backbone, as `make demo` runs it
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    assert "79 clips" in r.stdout
+    assert "79 clips" in r.stdout and "efficientat-mn04" in r.stdout
     assert "5-fold lwlrap" in r.stdout and "nearest neighbours" in r.stdout
     assert (tmp_path / "o" / "head" / "config.json").is_file()

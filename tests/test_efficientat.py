@@ -101,3 +101,68 @@ def test_front_end_matches_its_definition():
     centre_hz = 700 * (np.exp(np.linspace(0, 1127 * np.log1p(15000 / 700), 130)[1:-1] / 1127) - 1)
     peak = int(mel[0].mean(dim=1).argmax())
     assert abs(centre_hz[peak] - 1000) < 60
+
+
+def test_is_the_default_backbone_of_encode_extract_cli_and_demo(mn04, shared_data):
+    import re
+
+    from embedtag.embeddings.pipeline import encode
+    from embedtag.embeddings.registry import DEFAULT_MODEL
+
+    assert DEFAULT_MODEL == "efficientat-mn04"
+    clip = _clip(shared_data, "knock001.wav")
+    np.testing.assert_allclose(encode(clip, sample_rate=32000)[0], mn04.embed([clip]).embeddings[0], atol=1e-4)
+    from conftest import REPO
+
+    assert re.search(r"^MODEL \?= efficientat-mn04$", (REPO / "Makefile").read_text(), re.M)
+
+
+# ------------------------------------------------------------------------------ the family: mn10, mn40
+@pytest.mark.parametrize("name,width,dim,params_m,file", [
+    ("efficientat-mn10", 1.0, 960, 4.88, "mn10_as_mAP_471.pt"), ("efficientat-mn40", 4.0, 3840, 68.43, "mn40_as_mAP_484.pt")])
+def test_family_is_registered_with_release_urls_and_the_published_sizes(name, width, dim, params_m, file):
+    spec = get_spec(name)
+    assert spec.weights.url == f"https://github.com/fschmid56/EfficientAT/releases/download/v0.0.1/{file}"
+    assert spec.options["width_mult"] == width and spec.embedding_dim == dim
+    model = mn_model(width, 527)
+    assert model.embedding_dim == dim
+    # parameter counts published in EfficientAT's README (4.88 M, 68.43 M): the architecture is the released one
+    assert abs(sum(p.numel() for p in model.parameters()) / 1e6 - params_m) < 0.01
+
+
+@pytest.fixture(scope="module")
+def mn10_mirror(tmp_path_factory):
+    """An official-format mn10_as file (a bare state dict, torch.save) with seeded random weights."""
+    torch.manual_seed(0)
+    model = mn_model(1.0, 527)
+    for m in model.modules():  # random BN statistics, so that the network is not near the identity
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    mirror = tmp_path_factory.mktemp("mirror")
+    (mirror / "efficientat").mkdir()
+    torch.save(model.state_dict(), mirror / "efficientat" / "mn10_as_mAP_471.pt")
+    return mirror
+
+
+def test_mn10_loads_the_official_format_and_is_batch_invariant(mn10_mirror, shared_data, monkeypatch):
+    monkeypatch.setenv("EMBEDTAG_WEIGHTS_DIR", str(mn10_mirror))
+    bb = load_backbone("efficientat-mn10", device="cpu")
+    assert bb.weights_path == mn10_mirror / "efficientat" / "mn10_as_mAP_471.pt" and bb.embedding_dim == 960
+    speech = _clip(shared_data, "speech001.wav")
+    waves = [speech, speech[:16000], _clip(shared_data, "knock001.wav")]
+    together = bb.embed(waves)
+    assert together.embeddings.shape == (3, 960) and together.scores.shape == (3, 527)
+    assert np.isfinite(together.embeddings).all() and together.embeddings.std() > 0
+    for i, w in enumerate(waves):
+        np.testing.assert_allclose(together.embeddings[i], bb.embed([w]).embeddings[0], atol=1e-4)
+    # the backbone's trunk is the network's own forward
+    with torch.inference_mode():
+        logits, emb = bb.model(bb.front_end(torch.from_numpy(speech[None])).unsqueeze(1))
+    np.testing.assert_allclose(together.embeddings[0], emb[0].numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(together.scores[0], torch.sigmoid(logits[0]).numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_a_checkpoint_of_another_width_is_refused(shared_models):
+    with pytest.raises(WeightsError, match="width 1.0"):
+        load_backbone("efficientat-mn10", weights=require(shared_models / CKPT), device="cpu")

@@ -296,21 +296,22 @@ def default_workers() -> int:
 # ----------------------------------------------------------------------------------------------- API
 def _load(model, weights, device):
     from embedtag.embeddings.backbones.base import Backbone
-    from embedtag.embeddings.registry import load_backbone
+    from embedtag.embeddings.registry import DEFAULT_MODEL, load_backbone
 
     if isinstance(model, Backbone):
         return model
-    return load_backbone(model, weights=weights, device=device)
+    return load_backbone(model or DEFAULT_MODEL, weights=weights, device=device)
 
 
-def encode(inputs: str | os.PathLike | np.ndarray | Sequence, model="yamnet", *, sample_rate: int | None = None,
+def encode(inputs: str | os.PathLike | np.ndarray | Sequence, model=None, *, sample_rate: int | None = None,
            batch_size: int | None = None, device: str = "auto", weights=None, workers: int | None = None,
            pooling: str = "mean", window_s: float | None = None, return_scores: bool = False,
            progress: bool = False):
     """Embed audio files or arrays in memory; one call does decoding, batching, device placement and progress.
 
     ``inputs``: a path, an array, or a sequence of them (arrays are at ``sample_rate``, default the backbone's).
-    ``model``: a backbone name (see ``embedtag models``) or a loaded backbone. Returns ``(n, dim)`` float32 in
+    ``model``: a backbone name (see ``embedtag models``; default ``registry.DEFAULT_MODEL``, efficientat-mn04) or a
+    loaded backbone. Returns ``(n, dim)`` float32 in
     input order (and the ``(n, n_classes)`` AudioSet scores with ``return_scores=True``). A file that cannot be
     decoded raises :class:`~embedtag.errors.AudioError` naming it.
     """
@@ -338,7 +339,7 @@ def encode(inputs: str | os.PathLike | np.ndarray | Sequence, model="yamnet", *,
     return emb, np.stack([results[s.clip_id]["audioset_scores"] for s in sources])
 
 
-def extract(src, out: str | os.PathLike, model="yamnet", *, labels=None, weights=None, device: str = "auto",
+def extract(src, out: str | os.PathLike, model=None, *, labels=None, weights=None, device: str = "auto",
             batch_size: int | None = None, workers: int | None = None, pooling: str = "mean",
             window_s: float | None = None, scores: bool = True, strict: bool = False,
             max_duration_s: float | None = A.DEFAULT_MAX_DURATION_S, limit: int | None = None,

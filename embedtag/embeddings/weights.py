@@ -16,10 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import tarfile
-import tempfile
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -156,6 +152,11 @@ def verify(path: Path, checksum: str | None) -> None:
 
 def download(wf: WeightFile, *, progress: bool = True) -> Path:
     """Fetch ``wf`` into the cache atomically and return its path."""
+    import shutil
+    import tarfile
+    import tempfile
+    import urllib.request  # here, not at import: `embedtag --help` never pays for these
+
     target = cache_dir() / wf.family / wf.relpath
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=".download-", dir=target.parent)

@@ -1,4 +1,5 @@
-"""EfficientAT ``mn04_as``: a width-0.4 MobileNetV3 AudioSet tagger (Schmid et al. 2023, mAP 0.432).
+"""EfficientAT ``mn04_as`` / ``mn10_as`` / ``mn40_as``: MobileNetV3 AudioSet taggers of width 0.4 / 1.0 / 4.0
+(Schmid et al. 2023, mAP 0.432 / 0.471 / 0.484).
 
 The network and its log-mel front end are written here (no torchvision/torchaudio dependency) with module names
 that match the released state dict, so ``load_state_dict(strict=True)`` accepts the official checkpoint:
@@ -9,8 +10,13 @@ that match the released state dict, so ``load_state_dict(strict=True)`` accepts 
 * body: ``features`` (stem conv + 15 inverted residual blocks + 1x1 conv to 384 channels; BatchNorm eps 1e-3)
   and ``classifier`` (global average pool -> 512 -> Hardswish -> dropout -> 527 logits).
 
-The clip embedding is the 384-d global average of the last feature map (what EfficientAT returns as
-``features``); scores are the sigmoid of the 527 AudioSet logits.
+The clip embedding is the global average of the last feature map (384 / 960 / 3840-d; what EfficientAT returns as
+``features``); scores are the sigmoid of the 527 AudioSet logits. As upstream's windowed tagger does, long audio is
+cut into 10 s windows (the pipeline's ``window_s``, the length the models were trained on) and each window is run
+whole; on CUDA the network runs under fp16 autocast (the front end stays fp32), on CPU in fp32.
+
+The dynamic variants (``dymn04/10/20``: dynamic convolutions, dynamic ReLU and coordinate attention) are a different
+network, not a width of this one, and are not provided.
 """
 
 from __future__ import annotations
@@ -234,6 +240,8 @@ class EfficientATBackbone(TorchBackbone):
         self.mixed_precision = mixed_precision
         self.class_names = audioset_labels()
         self.width_mult = float(spec.options.get("width_mult", 0.4))
+        # wide models hold much larger activations per 10 s window
+        self.default_batch_size = int(spec.options.get("batch_size", type(self).default_batch_size))
         self.weights_path = resolve(spec.weights, weights, offline=offline)
         model = mn_model(self.width_mult, len(self.class_names))
         state = load_mn_state(self.weights_path)
