@@ -344,9 +344,10 @@ def _finetune(ds, backbone: str, folds: int, seed: int, epochs, device: str, out
     return out
 
 
-def run_benchmark(data: str | os.PathLike, out_dir: str | os.PathLike, *, backbone: str = "yamnet",
+def run_benchmark(data: str | os.PathLike, out_dir: str | os.PathLike, *, backbone: str | None = None,
                   heads: list[str] | tuple[str, ...] | str = ("logreg", "mlp"), folds: int = 5, finetune: bool = False,
-                  finetune_epochs: int | tuple[int, ...] | None = None, seed: int = 0, batch_size: int | None = None, device: str = "auto", levels: bool = True,
+                  finetune_epochs: int | tuple[int, ...] | None = None, seed: int = 0, batch_size: int | None = None,
+                  device: str = "auto", levels: bool = True,
                   max_queries: int = 2000, progress: bool = True, command: str | None = None) -> dict:
     """Run profile -> extract -> heads -> (fine-tune) -> retrieval on the dataset ``data`` and write the report
     into ``out_dir`` (``report.md``, ``report.html``, PNGs, ``results.json``; the store in ``out_dir/store``).
@@ -356,6 +357,10 @@ def run_benchmark(data: str | os.PathLike, out_dir: str | os.PathLike, *, backbo
     ``finetune``: also fine-tune a CNN end to end (:func:`embedtag.finetune.finetune`, ``finetune_epochs`` per
     stage, default its own), written to and resumed from ``out_dir/finetune``.
     Returns the results dict (with ``report`` paths added)."""
+    if backbone is None:
+        from embedtag.embeddings.registry import DEFAULT_MODEL
+
+        backbone = DEFAULT_MODEL
     from embedtag.heads import HEADS
     from embedtag.profile import load_any, profile_dataset
 

@@ -101,7 +101,7 @@ def resolve_model(model: str | None, backbone: str | None = None) -> str:
         return chosen
     from embedtag.embeddings import registry
 
-    return getattr(registry, "DEFAULT_MODEL", "yamnet")
+    return registry.DEFAULT_MODEL
 
 
 # ------------------------------------------------------------------------------------------------ --format

@@ -132,7 +132,7 @@ def models(fmt: Format = format_option(Format.table, "table, json or csv: one ro
     from embedtag.embeddings.registry import list_backbones
     from embedtag.embeddings.weights import candidates, find
 
-    default = getattr(registry, "DEFAULT_MODEL", "yamnet")
+    default = registry.DEFAULT_MODEL
     rows = []
     for spec in list_backbones():
         rows.append({"name": spec.name, "default": spec.name == default, "embedding_dim": spec.embedding_dim,

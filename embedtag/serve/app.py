@@ -128,7 +128,7 @@ def load_service(head=None, run=None, index=None, model=None, device: str = "aut
         raise IncompatibleError(f"--model {model_name} disagrees with {what}, which needs {wanted}; drop --model")
 
     backbone = None
-    name = wanted or model_name or (None if mode == "run" else getattr(registry, "DEFAULT_MODEL", "efficientat-mn04"))
+    name = wanted or model_name or (None if mode == "run" else registry.DEFAULT_MODEL)
     if name is not None:
         backbone = model if model is not None and not isinstance(model, str) and model.name == name else \
             load_backbone(name, device=device)
