@@ -266,12 +266,12 @@ def test_non_utf8_file_names_do_not_crash(tmp_path, shared_models):
     shutil.copy(clip, d / "plain.wav")
     sources = resolve_sources(d)
     ids = [s.clip_id for s in sources]
-    assert ids == ["b\ufffd.wav", "plain.wav"]
+    assert ids == ["b\\xff.wav", "plain.wav"]  # the byte as an escape: two such names stay distinct
     for s in sources:
         s.clip_id.encode("utf-8")  # valid UTF-8 for the store
         assert os.path.exists(s.path)  # the real name still opens
     assert audio_files(d)[0] == ids
-    assert safe_text(b"b\xff.wav") == "b\ufffd.wav" and safe_text("ok.wav") == "ok.wav"
+    assert safe_text(b"b\xff.wav") == "b\\xff.wav" and safe_text("ok.wav") == "ok.wav"
     # extract records such a file (stored, or failed with its reason) and the store stays readable: no crash
     summary = _extract(d, tmp_path / "s")
     assert summary.n_stored + summary.n_failed == 2 and summary.n_stored >= 1

@@ -156,8 +156,8 @@ def test_benchmark_known_dataset_missing_then_present(tmp_path, capsys, monkeypa
     assert not re.search(r'src="https?:', page) and "<link" not in page  # no external resources
 
     # a second benchmark of another backbone into the same folder is refused before it overwrites anything
-    code, _, err = run_cli(capsys, "benchmark", "esc50", "--out", rep, "--model", "efficientat-mn04", "-q")
-    assert code == 1 and "holds a benchmark of yamnet" in err and (rep / "report.md").read_text() == md
+    code, _, err = run_cli(capsys, "benchmark", "esc50", "--out", rep, "--model", "yamnet-lite", "-q")
+    assert code == 1 and "holds a benchmark of efficientat-mn04" in err and (rep / "report.md").read_text() == md
 
     probe, shot = open_in_chromium(rep / "report.html", tmp_path)
     assert probe["errors"] == [] and probe["broken"] == 0 and probe["images"] == len(PLOTS)
