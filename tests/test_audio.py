@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from conftest import DATA, require
 from embedtag.embeddings import audio as A
 from embedtag.errors import AudioError
-
-from conftest import DATA, require
 
 
 def test_real_wav_decodes_to_mono_at_target_rate():
@@ -73,3 +72,30 @@ def test_peak_and_rms():
     assert A.peak_and_rms_dbfs(np.zeros(10, np.float32))[1] == float("-inf")
     peak, rms = A.peak_and_rms_dbfs(np.full(100, 0.5, np.float32))
     assert peak == 0.5 and abs(rms - 20 * np.log10(0.5)) < 1e-6
+
+
+def test_a_truncated_wav_decodes_what_is_there_and_says_so(tmp_path, caplog):
+    real = require(DATA / "dcase2016_task2_office" / "audio" / "speech001.wav")
+    whole = real.read_bytes()
+    assert A.wav_truncation(real) is None
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(whole[: len(whole) // 2])
+    declared, present = A.wav_truncation(cut)
+    assert present < declared and present == len(whole) // 2 - (len(whole) - declared)
+    with caplog.at_level("WARNING", logger="embedtag"):
+        x, info = A.read_audio(cut)
+    assert f"{cut} is truncated" in caplog.text
+    full, _ = A.read_audio(real)
+    assert 0 < x.size < full.size and np.array_equal(x, full[: x.size])  # the samples that are there, unchanged
+
+
+def test_a_file_name_that_is_not_utf8_decodes(tmp_path):
+    import os
+
+    real = require(DATA / "dcase2016_task2_office" / "audio" / "speech001.wav")
+    odd = os.path.join(os.fsencode(tmp_path), b"b\xff.wav")
+    with open(odd, "wb") as f:
+        f.write(real.read_bytes())
+    x, _ = A.read_audio(os.fsdecode(odd))
+    windows = list(A.iter_windows(os.fsdecode(odd), 16000, 1.0))
+    assert np.array_equal(x, A.read_audio(real)[0]) and sum(w.size for w in windows) == A.read_audio(real, 16000)[0].size

@@ -7,8 +7,10 @@ message names the file and the reason, so a batch job can record it and carry on
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,8 @@ import soundfile as sf
 import soxr
 
 from embedtag.errors import AudioError
+
+log = logging.getLogger("embedtag.audio")
 
 #: Extensions decoded through libsndfile (MP3 needs libsndfile >= 1.1, which the soundfile wheels bundle).
 AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au", ".w64"})
@@ -61,13 +65,43 @@ def _open(path: str | os.PathLike) -> tuple[Path, sf.SoundFile]:
     if p.stat().st_size == 0:
         raise AudioError(p, "empty file (0 bytes)")
     try:
-        f = sf.SoundFile(str(p))
+        # bytes: a file name that is not UTF-8 (kept by Python as surrogates) still opens
+        f = sf.SoundFile(os.fsencode(p))
     except Exception as exc:  # libsndfile's messages are terse; keep them but say what it means
         raise AudioError(p, f"cannot decode (corrupt or unsupported audio): {_short(exc)}") from None
     if f.frames <= 0 or f.samplerate <= 0:
         f.close()
         raise AudioError(p, "contains no audio samples")
+    if p.suffix.lower() == ".wav":
+        cut = wav_truncation(p)
+        if cut is not None:  # libsndfile quietly decodes what is there: say so
+            log.warning("%s is truncated: its header declares %d bytes of audio, the file holds %d; using those",
+                        p, *cut)
     return p, f
+
+
+def wav_truncation(path: str | os.PathLike) -> tuple[int, int] | None:
+    """``(declared, present)`` bytes of a RIFF/WAVE file's ``data`` chunk when the file is shorter than its header
+    says (a copy cut short), else None. Reads only the chunk headers."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as fh:
+            head = fh.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                return None
+            for _ in range(64):  # a WAV has a handful of chunks; never walk a corrupt file for long
+                chunk = fh.read(8)
+                if len(chunk) < 8:
+                    return None
+                cid, n = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+                if cid == b"data":
+                    present = size - fh.tell()
+                    # 0xFFFFFFFF / 0: streamed WAVs that never filled in their size
+                    return (n, present) if 0 < n < 0xFFFFFFFF and n > present else None
+                fh.seek(n + (n & 1), 1)
+    except OSError:
+        return None
+    return None
 
 
 def _info(p: Path, f: sf.SoundFile) -> AudioInfo:
@@ -159,7 +193,7 @@ def iter_windows(
     pending_n = 0
     got_any = False
     try:
-        with sf.SoundFile(info.path) as f:
+        with sf.SoundFile(os.fsencode(info.path)) as f:
             while True:
                 block = f.read(block_frames, dtype="float32", always_2d=True)
                 last = block.shape[0] < block_frames
