@@ -326,7 +326,8 @@ def main(argv: list[str] | None = None) -> dict:
             print(json.dumps(results["whole_process"], indent=1))
             return results
         for model, n, peer in (("yamnet", n_yam, "tensorflow_hub YAMNet, one file per call (librosa.load)"),
-                               ("panns-cnn14", n_panns, "panns_inference.AudioTagging, one file per call (librosa.load)")):
+                               ("panns-cnn14", n_panns,
+                                "panns_inference.AudioTagging, one file per call (librosa.load)")):
             files = clip_files(n)
             d = link_dir(files, tmp / f"clips_{model}")
             e2e = timed_extract(d, model, tmp)

@@ -133,7 +133,8 @@ def run_one(args, dataset: str, epochs: int, settings: str) -> tuple[str, dict]:
         finetuned[name] = {
             "cv_lwlrap_last_epoch": res.cv_lwlrap, "fold_lwlrap": res.fold_lwlrap,
             "mean_val_lwlrap_per_epoch": per_epoch, "best_epoch_optimistic": best_epoch,
-            "best_epoch_mean_fold_lwlrap_optimistic": per_epoch[best_epoch - 1], "settings": res.config["train"], "epochs": epochs,
+            "best_epoch_mean_fold_lwlrap_optimistic": per_epoch[best_epoch - 1], "settings": res.config["train"],
+            "epochs": epochs,
             "train_clips_per_s": round(float(np.mean([float(r["clips_per_s"]) for r in hist])), 1),
             "elapsed_s": round(ft_s, 1)}
 

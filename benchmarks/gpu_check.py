@@ -174,7 +174,8 @@ def markdown(result: dict) -> str:
     m = result.get("machine", {})
     lines = [(f"- **machine**: {m.get('gpu', m.get('device'))}, torch {m.get('torch')}, CUDA {m.get('cuda')}, "
               f"{m.get('cpu_cores')} CPU cores, {m.get('date')}"), f"- **note**: {result.get('note', '')}", "",
-             "| backbone | set | measure | batch | fp16 autocast | workers | clips/s | e2e / model-only | peak GPU MiB |",
+             "| backbone | set | measure | batch | fp16 autocast | workers | clips/s | e2e / model-only "
+             "| peak GPU MiB |",
              "|---|---|---|---|---|---|---|---|---|"]
     for name, entry in result.get("backbones", {}).items():
         if "skipped" in entry:
@@ -188,7 +189,8 @@ def markdown(result: dict) -> str:
                              f"{r.get('e2e_over_model_only', '')} | {r.get('peak_gpu_mib')} |")
     ft = result.get("finetune", {})
     if ft:
-        lines += ["", "| fine-tune (FinetuneNet mn04) | batch | crop s | steps/s | peak GPU MiB |", "|---|---|---|---|---|"]
+        lines += ["", "| fine-tune (FinetuneNet mn04) | batch | crop s | steps/s | peak GPU MiB |",
+                  "|---|---|---|---|---|"]
         for k in ("amp", "fp32"):
             r = ft.get(k, {})
             if "steps_per_s" in r:

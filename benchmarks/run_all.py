@@ -472,7 +472,8 @@ def run_reports(shared: Path, reports_dir: Path, backbones: list[str], heads: st
     doc = {"benchmark": "benchmark_reports", "heads": heads, "folds": folds,
            "protocol": f"{folds}-fold multi-label stratified CV (seed 0) of each head on frozen mean-pooled clip "
                        "embeddings; lwlrap of the best head; P@5: leave-one-out cosine retrieval",
-           "machine": machine_info(), "versions": versions(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "machine": machine_info(), "versions": versions(),
+           "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "note": "each run is its own `embedtag benchmark` process (peak RSS is that process's); extraction "
                    "throughput excludes model loading; 2-core CPU shared with other work",
            "runs": rows}

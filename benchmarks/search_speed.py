@@ -235,7 +235,8 @@ def sweep(index, queries, exact_rows, k) -> list[dict]:
         for k_factor in (32, 64, 128, 256, 512):
             index.set_search_params(nprobe=nprobe, k_factor=k_factor)
             _, rows = index.search_rows(queries, k)
-            out.append({"nprobe": nprobe, "k_factor": k_factor, "recall_at_k": round(recall_at_k(rows, exact_rows, k), 4),
+            out.append({"nprobe": nprobe, "k_factor": k_factor,
+                        "recall_at_k": round(recall_at_k(rows, exact_rows, k), 4),
                         **latency(index, queries, k, 200)})
             print("   sweep", out[-1], flush=True)
     index.set_search_params(nprobe=keep["nprobe"], k_factor=keep["k_factor"])
@@ -314,11 +315,13 @@ def table(runs) -> str:
              "p50 ms | p99 ms | batch q/s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         lines.append(f"| {r['n']:,} | {r['dim']} | {r['kind']} | `{r['factory']}` | {r['build_s']} | "
-                     f"{r['faiss_file_mb']} ({r['flat_size_mb']}) | {r['size_vs_flat']:.2f} | {r['faiss_in_memory_mb']} "
+                     f"{r['faiss_file_mb']} ({r['flat_size_mb']}) | {r['size_vs_flat']:.2f} | "
+                     f"{r['faiss_in_memory_mb']} "
                      f"| {r['recall_at_k']:.3f} | {r['p50_ms']} | {r['p99_ms']} | {r['batch_qps']} |")
     for r in runs:
         if r.get("sweep"):
-            lines += ["", f"Query-time settings of the {r['n']:,} x {r['dim']} `{r['factory']}` index (exhaustive search "
+            lines += ["", f"Query-time settings of the {r['n']:,} x {r['dim']} `{r['factory']}` index "
+                          "(exhaustive search "
                           f"on its re-ranking codes alone: recall@10 {r.get('refine_exhaustive_recall_at_k')}):", "",
                       "| nprobe | k_factor | recall@10 | p50 ms | p99 ms | batch q/s |", "|---|---|---|---|---|---|"]
             lines += [f"| {w['nprobe']} | {w['k_factor']} | {w['recall_at_k']:.3f} | {w['p50_ms']} | {w['p99_ms']} | "

@@ -206,7 +206,8 @@ def main() -> None:
     rps = {r["server"]: r["requests_per_s"] for r in rows if r["clients"] == top}
     result = {
         "model": args.model, "dataset": f"{DATASET} ({len(clips)} real 1 s clips, FLAC)",
-        "seconds_per_step": args.seconds, "torch_threads": args.threads or "default", "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared)",
+        "seconds_per_step": args.seconds, "torch_threads": args.threads or "default",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared)",
         "load_average_1min": round(os.getloadavg()[0], 2),
         "rows": rows,
         "speedup_at_max_clients": round(rps["batched"] / rps["naive"], 2) if rps.get("naive") else None,
@@ -221,7 +222,8 @@ def main() -> None:
 
 def markdown(result: dict) -> str:
     """The results JSON as markdown (used by benchmarks/run_all.py)."""
-    lines = ["| server | clients | requests/s | p50 ms | p99 ms | errors | peak RSS MB |", "|---|---|---|---|---|---|---|"]
+    lines = ["| server | clients | requests/s | p50 ms | p99 ms | errors | peak RSS MB |",
+             "|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         lines.append(f"| {r['server']} | {r['clients']} | {r['requests_per_s']} | {r['p50_ms']} | {r['p99_ms']} | "
                      f"{r['errors']} | {r.get('peak_rss_mb')} |")

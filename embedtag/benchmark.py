@@ -393,7 +393,8 @@ def run_benchmark(data: str | os.PathLike, out_dir: str | os.PathLike, *, backbo
                     "n_labels": len(ds.vocabulary), "multi_label": ds.is_multi_label,
                     "has_noisy": "noisy" in ds.subsets},
         "provenance": {"machine": machine_info(), "versions": versions(), "backbone": backbone, "seed": seed,
-                       "folds": folds, "heads": head_list, "finetune_epochs": finetune_epochs, "time_utc": started, "device": device,
+                       "folds": folds, "heads": head_list, "finetune_epochs": finetune_epochs, "time_utc": started,
+                       "device": device,
                        "command": command or f"run_benchmark({str(data)!r}, {str(out_dir)!r})"},
     }
     results["profile"] = stages.run("profile", _guarded, "profile", lambda: {

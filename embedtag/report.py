@@ -27,8 +27,8 @@ from pathlib import Path
 
 from embedtag.errors import DataError
 
-__all__ = ["REFERENCES", "REFERENCE_WARNINGS", "REFERENCE_LABELS", "write_report", "machine_info", "versions", "peak_rss_mib",
-           "rank_among_references", "references_for", "not_run"]
+__all__ = ["REFERENCES", "REFERENCE_WARNINGS", "REFERENCE_LABELS", "write_report", "machine_info", "versions",
+           "peak_rss_mib", "rank_among_references", "references_for", "not_run"]
 
 #: Published results to put beside ours. ``dataset`` is the :class:`~embedtag.datasets.Dataset` layout they apply
 #: to; ``metric`` is what ``value`` measures. Sources are papers / leaderboards a reader can check.

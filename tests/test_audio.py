@@ -98,4 +98,5 @@ def test_a_file_name_that_is_not_utf8_decodes(tmp_path):
         f.write(real.read_bytes())
     x, _ = A.read_audio(os.fsdecode(odd))
     windows = list(A.iter_windows(os.fsdecode(odd), 16000, 1.0))
-    assert np.array_equal(x, A.read_audio(real)[0]) and sum(w.size for w in windows) == A.read_audio(real, 16000)[0].size
+    assert (np.array_equal(x, A.read_audio(real)[0])
+            and sum(w.size for w in windows) == A.read_audio(real, 16000)[0].size)

@@ -119,7 +119,8 @@ def test_is_the_default_backbone_of_encode_extract_cli_and_demo(mn04, shared_dat
 
 # ------------------------------------------------------------------------------ the family: mn10, mn40
 @pytest.mark.parametrize("name,width,dim,params_m,file", [
-    ("efficientat-mn10", 1.0, 960, 4.88, "mn10_as_mAP_471.pt"), ("efficientat-mn40", 4.0, 3840, 68.43, "mn40_as_mAP_484.pt")])
+    ("efficientat-mn10", 1.0, 960, 4.88, "mn10_as_mAP_471.pt"),
+    ("efficientat-mn40", 4.0, 3840, 68.43, "mn40_as_mAP_484.pt")])
 def test_family_is_registered_with_release_urls_and_the_published_sizes(name, width, dim, params_m, file):
     spec = get_spec(name)
     assert spec.weights.url == f"https://github.com/fschmid56/EfficientAT/releases/download/v0.0.1/{file}"

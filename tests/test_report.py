@@ -58,7 +58,8 @@ def chromium() -> str:
 PROBE = """<script>
 window.__errors = [];
 window.addEventListener('error', function (e) {
-  window.__errors.push(e.message || ('failed to load ' + ((e.target && (e.target.src || e.target.href)) || '?')).slice(0, 80));
+  window.__errors.push(e.message || ('failed to load ' + ((e.target && (e.target.src || e.target.href)) \
+|| '?')).slice(0, 80));
 }, true);
 window.addEventListener('load', function () {
   var imgs = Array.prototype.slice.call(document.images);
@@ -179,7 +180,7 @@ def make_fsdkaggle2019_layout(root):
     vocab = sorted({r["labels"] for r in rows})
     root.mkdir()
     (root / "vocabulary.csv").write_text("".join(f"{i},{v}\n" for i, v in enumerate(vocab)))
-    for k, (subset, folder, csv_name) in enumerate([("curated", "train_curated", "train_curated.csv"),
+    for k, (_subset, folder, csv_name) in enumerate([("curated", "train_curated", "train_curated.csv"),
                                                     ("noisy", "train_noisy", "train_noisy.csv"),
                                                     ("test", "test", "test_post_competition.csv")]):
         (root / folder).mkdir()
@@ -226,8 +227,8 @@ def test_benchmarks_readme_is_rendered_from_the_json(tmp_path):
         "datasets": [{"dataset": "office", "clips": 220, "none": {"precision_at_k": 0.87361, "map_at_k": 0.8439}},
                      {"dataset": "glass", "clips": 417, "none": {"precision_at_k": 0.9544, "map_at_k": 0.946}}]}))
     (tmp_path / "extract_speed.json").write_text(json.dumps({
-        "yamnet": {"clips": 600, "end_to_end": {"clips_per_s": 61.25}}, "panns-cnn14": {"clips": 60,
-                                                                                       "end_to_end": {"clips_per_s": 3.5}}}))
+        "yamnet": {"clips": 600, "end_to_end": {"clips_per_s": 61.25}},
+        "panns-cnn14": {"clips": 60, "end_to_end": {"clips_per_s": 3.5}}}))
     md = render_readme(tmp_path)
     # the run order puts extract_speed first; each JSON is a section with its reproduce command
     assert md.index("## extract_speed") < md.index("## search_real")

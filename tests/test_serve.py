@@ -138,7 +138,8 @@ def test_backbone_frames_are_audioset_scores_per_window(backbone):
     df = predict_frames(backbone, [audio("speech001.wav"), audio("knock001.wav")], window_s=1.0, hop_s=0.5)
     assert len(df.columns) == 3 + 527 and "Speech" in df.columns
     speech = df[df.clip_id == "speech001.wav"]
-    assert speech.start_s.tolist() == [0.0, 0.5, 1.0] and speech.end_s.tolist() == pytest.approx([1.0, 1.5, 1.896], abs=1e-3)
+    assert (speech.start_s.tolist() == [0.0, 0.5, 1.0]
+            and speech.end_s.tolist() == pytest.approx([1.0, 1.5, 1.896], abs=1e-3))
     assert (speech.iloc[:, 3:].astype(float).idxmax(axis=1) == "Speech").all()
     assert df[df.clip_id == "knock001.wav"].start_s.tolist() == [0.0]  # 0.87 s: one window
     whole = tag_clip(backbone, audio("speech001.wav"), k=1)

@@ -1,4 +1,5 @@
-"""yamnet-torch: YAMNet in PyTorch, converted from the real SavedModel / TFLite file, against TensorFlow on real audio."""
+"""yamnet-torch: YAMNet in PyTorch, converted from the real SavedModel / TFLite file, against TensorFlow on real
+audio."""
 
 from __future__ import annotations
 
@@ -78,7 +79,8 @@ def test_conversion_is_cached_checksummed_and_redone_when_the_source_changes(sha
     lite = require(shared_models / "yamnet" / "yamnet.tflite")
     out = ensure_converted(lite)
     side = json.loads(out.with_name(out.name + ".json").read_text())
-    assert side["source_sha256"] == fingerprint(lite) == "5e70987b096572dc0bfc20e6c6ee7be645e4297eb2b87a7902ae1b0c7b9e5bd3"
+    assert (side["source_sha256"] == fingerprint(lite)
+            == "5e70987b096572dc0bfc20e6c6ee7be645e4297eb2b87a7902ae1b0c7b9e5bd3")
     assert side["sha256"] == file_digest(out) and side["source_kind"] == "tflite"
     mtime = os.stat(out).st_mtime_ns
     assert ensure_converted(lite) == out and os.stat(out).st_mtime_ns == mtime  # not converted twice

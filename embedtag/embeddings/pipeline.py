@@ -169,7 +169,8 @@ def _record(acc: _Acc, pooling: str) -> dict:
 def run(backbone, sources: Sequence[ClipSource], *, on_batch: Callable[[list[dict]], None],
         on_error: Callable[[ClipSource, EmbedtagError], None], batch_size: int | None = None,
         workers: int | None = None, pooling: str = "mean", window_s: float | None = None,
-        max_duration_s: float | None = A.DEFAULT_MAX_DURATION_S, on_progress: Callable[[int], None] | None = None) -> None:
+        max_duration_s: float | None = A.DEFAULT_MAX_DURATION_S,
+        on_progress: Callable[[int], None] | None = None) -> None:
     """Embed ``sources`` with ``backbone``; hand finished clips to ``on_batch`` once per model batch.
 
     Decoding runs in ``workers`` threads, up to two batches of clips ahead of the model, so that the next batch

@@ -54,6 +54,7 @@ class Backbone(ABC):
         The pipeline calls this once per instance before a job of more than one batch. The default does nothing;
         a backbone whose first large calls are measurably slow overrides it.
         """
+        return None
 
     @property
     def weights_sha256(self) -> str | None:

@@ -250,7 +250,8 @@ class EfficientATBackbone(TorchBackbone):
         except RuntimeError as exc:
             lines = str(exc).splitlines()
             raise WeightsError(f"{self.weights_path}: does not match the EfficientAT mn (width "
-                               f"{self.width_mult}) architecture: {(lines[1] if len(lines) > 1 else lines[0]).strip()[:200]}"
+                               f"{self.width_mult}) architecture: "
+                               f"{(lines[1] if len(lines) > 1 else lines[0]).strip()[:200]}"
                                ) from None
         self.embedding_dim = model.embedding_dim
         self.front_end = MelFrontEnd().to(self.device)

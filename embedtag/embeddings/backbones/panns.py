@@ -69,7 +69,8 @@ class PannsBackbone(TorchBackbone):
             model.load_state_dict(state, strict=True)
         except RuntimeError as exc:
             raise WeightsError(f"{self.weights_path}: does not match the {self.arch} architecture: "
-                               f"{str(exc).splitlines()[1].strip()[:200] if len(str(exc).splitlines()) > 1 else exc}") from None
+                               f"{str(exc).splitlines()[1].strip()[:200] if len(str(exc).splitlines()) > 1 else exc}"
+                               ) from None
         self.model = model.eval().to(self.device)
         if self.device.startswith("cuda"):
             self.model = self.model.to(memory_format=torch.channels_last)

@@ -220,12 +220,14 @@ class YamnetLite(_YamnetBase):
         try:
             self._interp = Interpreter(model_path=str(path), num_threads=os.cpu_count() or 1)
         except Exception as exc:
-            raise WeightsError(f"{path}: cannot load the YAMNet TFLite model: {str(exc).splitlines()[0][:200]}") from None
+            raise WeightsError(f"{path}: cannot load the YAMNet TFLite model: "
+                               f"{str(exc).splitlines()[0][:200]}") from None
         outs = {tuple(d["shape"])[-1]: d["index"] for d in self._interp.get_output_details()}
         try:
             self._scores_idx, self._emb_idx = outs[521], outs[1024]
         except KeyError:
-            raise WeightsError(f"{path}: not a YAMNet TFLite model (outputs {sorted(outs)}, expected 521 and 1024)") from None
+            raise WeightsError(f"{path}: not a YAMNet TFLite model (outputs {sorted(outs)}, "
+                               "expected 521 and 1024)") from None
         self._input_idx = self._interp.get_input_details()[0]["index"]
         self._allocated = -1
         self._quiet_first_call = True
