@@ -8,11 +8,10 @@ import os
 import numpy as np
 import pytest
 
+from conftest import DATA, require
 from embedtag.embeddings.audio import load_audio
 from embedtag.embeddings.registry import list_backbones, load_backbone
 from embedtag.errors import WeightsError
-
-from conftest import DATA, require
 
 OFFICE = DATA / "dcase2016_task2_office" / "audio"
 

@@ -11,8 +11,8 @@ from conftest import DATA, require
 from embedtag.datasets import (
     load_dataset,
     read_esc50,
-    read_fsdkaggle2019,
     read_folder_per_class,
+    read_fsdkaggle2019,
     read_labels_csv,
     to_multi_hot,
 )

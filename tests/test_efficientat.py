@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import require
 
+from conftest import require
 from embedtag.embeddings.backbones.efficientat import MelFrontEnd, kaldi_mel_banks, mn_model
 from embedtag.embeddings.registry import get_spec, load_backbone
 from embedtag.errors import WeightsError

@@ -8,8 +8,8 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from conftest import DATA, require
 
+from conftest import DATA, require
 from embedtag.errors import EmbedtagError, IncompatibleError
 from embedtag.finetune import FinetuneConfig, finetune, is_finetuned, load_finetuned
 from embedtag.finetune.data import eval_crops, train_crop

@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 
 from embedtag.errors import ArtifactError, DataError, IncompatibleError, StoreError
-from embedtag.search import (Preprocessor, SimilarityIndex, build_index, choose_index, evaluate_index,
-                             retrieval_metrics)
+from embedtag.search import Preprocessor, SimilarityIndex, build_index, choose_index, evaluate_index, retrieval_metrics
 from embedtag.store import EmbeddingStore, StoreManifest
 
 

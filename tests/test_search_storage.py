@@ -23,9 +23,16 @@ from hypothesis import strategies as st
 
 from embedtag import artifacts
 from embedtag.errors import ArtifactError, DataError, IncompatibleError, ParamError, WrongKindError
-from embedtag.search import (QueryResult, SimilarityIndex, add_to_index, build_index, index_files, load_index,
-                             read_manifest)
-from embedtag.search import storage
+from embedtag.search import (
+    QueryResult,
+    SimilarityIndex,
+    add_to_index,
+    build_index,
+    index_files,
+    load_index,
+    read_manifest,
+    storage,
+)
 from test_search import make_store
 
 REPO = Path(__file__).resolve().parents[1]

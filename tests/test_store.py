@@ -23,8 +23,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
-from conftest import DATA, REPO, require, run_cli
 
+from conftest import DATA, REPO, require, run_cli
 from embedtag import artifacts
 from embedtag.embeddings.pipeline import extract
 from embedtag.errors import ArtifactError, DataError, ParamError, StoreError, WrongKindError

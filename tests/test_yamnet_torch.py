@@ -8,8 +8,8 @@ import os
 
 import numpy as np
 import pytest
-from conftest import DATA, require
 
+from conftest import DATA, require
 from embedtag.embeddings.audio import load_audio
 from embedtag.embeddings.registry import load_backbone
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from embedtag.embeddings import audio as A
-from embedtag.errors import AudioError, DataError, EmbedtagError, ParamError
+from embedtag.errors import AudioError, EmbedtagError, ParamError
 from embedtag.inputs import ClipSource, read_label_table, resolve_sources, safe_text
 
 POOLINGS = ("mean", "max", "meanmax")
@@ -484,8 +484,14 @@ class _progress_bar:
     def __enter__(self):
         if not self.enabled:
             return lambda n: None
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                   TimeRemainingColumn)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self.bar = Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
                             MofNCompleteColumn(), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),

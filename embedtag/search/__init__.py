@@ -14,13 +14,36 @@ Retrieval metrics live in :mod:`embedtag.metrics`. Nothing is pickled.
 """
 
 from embedtag.metrics import retrieval_metrics
-from embedtag.search.evaluate import (IndexEvaluation, evaluate_index, exact_search, index_space_from_store,
-                                      recall_vs_exact)
-from embedtag.search.factory import (AUTO_FLAT_MAX_CLIPS, IVFPQ_MIN_CLIPS, KINDS, MAX_TRAIN_CLIPS, choose_index,
-                                     factory_string, principal_directions, projection_dim, projection_matrix,
-                                     refine_index)
-from embedtag.search.index import (FORMAT_VERSION, IndexManifest, QueryResult, SimilarityIndex, add_to_index,
-                                   build_index, index_files, load_index, read_manifest)
+from embedtag.search.evaluate import (
+                                      IndexEvaluation,
+                                      evaluate_index,
+                                      exact_search,
+                                      index_space_from_store,
+                                      recall_vs_exact,
+)
+from embedtag.search.factory import (
+                                      AUTO_FLAT_MAX_CLIPS,
+                                      IVFPQ_MIN_CLIPS,
+                                      KINDS,
+                                      MAX_TRAIN_CLIPS,
+                                      choose_index,
+                                      factory_string,
+                                      principal_directions,
+                                      projection_dim,
+                                      projection_matrix,
+                                      refine_index,
+)
+from embedtag.search.index import (
+                                      FORMAT_VERSION,
+                                      IndexManifest,
+                                      QueryResult,
+                                      SimilarityIndex,
+                                      add_to_index,
+                                      build_index,
+                                      index_files,
+                                      load_index,
+                                      read_manifest,
+)
 from embedtag.search.preprocess import METRICS, PREPROCESSING, Preprocessor, to_index_space
 from embedtag.search.storage import FAISS_NAME, IDS_NAME, MANIFEST_NAME, PREPROCESS_NAME
 

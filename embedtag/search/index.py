@@ -24,9 +24,18 @@ import numpy as np
 from embedtag import artifacts
 from embedtag.errors import ArtifactError, DataError, IncompatibleError, ParamError, WrongKindError
 from embedtag.search import storage
-from embedtag.search.factory import (IVFPQ_MIN_CLIPS, MAX_TRAIN_CLIPS, apply_search_params, choose_index,
-                                     factory_string, min_bytes_per_vector, new_faiss_index, principal_directions,
-                                     projection_dim, projection_matrix)
+from embedtag.search.factory import (
+    IVFPQ_MIN_CLIPS,
+    MAX_TRAIN_CLIPS,
+    apply_search_params,
+    choose_index,
+    factory_string,
+    min_bytes_per_vector,
+    new_faiss_index,
+    principal_directions,
+    projection_dim,
+    projection_matrix,
+)
 from embedtag.search.preprocess import METRICS, PREPROCESSING, Preprocessor, check_choice, to_index_space
 from embedtag.search.storage import FAISS_NAME, IDS_NAME, MANIFEST_NAME, PREPROCESS_NAME
 

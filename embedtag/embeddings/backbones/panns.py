@@ -13,7 +13,6 @@ import importlib.util
 import sys
 import types
 
-
 from embedtag.embeddings.backbones._torch_util import TorchBackbone, load_checkpoint_state
 from embedtag.embeddings.backbones.base import resolve_device
 from embedtag.embeddings.registry import audioset_labels
