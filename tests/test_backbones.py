@@ -165,3 +165,14 @@ def test_gpu_check_smoke_runs_on_cpu_and_writes_its_json(tmp_path):
         e2e = mn04[f"end_to_end_{set_name}"]
         assert e2e and all(r["clips"] == res["sizes"][f"n_{set_name}"] and r["e2e_over_model_only"] > 0 for r in e2e)
     assert res["finetune"]["amp"]["steps_per_s"] > 0 and res["finetune"]["fp32"]["steps_per_s"] > 0
+
+
+def test_yamnet_refuses_a_device_it_cannot_use(shared_models):
+    from embedtag.embeddings.registry import load_backbone
+    from embedtag.errors import ParamError
+
+    with pytest.raises(ParamError, match="unknown device 'tpu'"):
+        load_backbone("yamnet-lite", device="tpu")
+    with pytest.raises(ParamError, match="yamnet-lite runs on the CPU only"):
+        load_backbone("yamnet-lite", device="cuda")
+    assert load_backbone("yamnet-lite", device="cpu").device == "cpu"

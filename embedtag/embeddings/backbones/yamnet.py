@@ -107,6 +107,8 @@ class _YamnetBase(Backbone):
     _warm = False  # set by warmup()
     #: pack clips into one call (see the module docstring); False: one call per clip
     pack = True
+    #: can run on a GPU (TensorFlow with a visible GPU); the TFLite interpreter cannot
+    gpu_capable = True
 
     def __init__(self, spec, weights=None, device="auto", offline=None):
         self.name = spec.name
@@ -114,6 +116,18 @@ class _YamnetBase(Backbone):
         self.weights_path = resolve(spec.weights, weights, offline=offline)
         self.class_names = yamnet_labels()
         self.device = "cpu"
+        self._check_device(device)
+
+    def _check_device(self, device) -> None:
+        """A device this backbone cannot use is an error, not silently the CPU (``--device tpu``, or CUDA for the
+        TFLite interpreter)."""
+        from embedtag.errors import ParamError
+
+        d = str(device or "auto").lower()
+        if not (d in ("auto", "cpu", "cuda") or (d.startswith("cuda:") and d[5:].isdigit())):
+            raise ParamError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N")
+        if d.startswith("cuda") and not self.gpu_capable:
+            raise ParamError(f"{self.name} runs on the CPU only; use --device cpu or auto (yamnet-torch runs on CUDA)")
 
     def _run(self, waveform: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """One model call on a 1-D waveform -> (patch scores (P, 521), patch embeddings (P, 1024))."""
@@ -189,8 +203,14 @@ class YamnetSavedModel(_YamnetBase):
         except Exception as exc:
             raise WeightsError(f"{path}: cannot load the YAMNet SavedModel: {str(exc).splitlines()[0][:200]}") from None
         self._tf = tf
-        if device and str(device).startswith("cuda") and tf.config.list_physical_devices("GPU"):
+        if str(device or "auto").startswith("cuda"):
+            if not tf.config.list_physical_devices("GPU"):
+                from embedtag.errors import ParamError
+
+                raise ParamError(f"--device {device} asked for, but TensorFlow sees no GPU; use --device cpu or auto")
             self.device = "cuda"
+        elif device in (None, "auto") and tf.config.list_physical_devices("GPU"):
+            self.device = "cuda"  # TensorFlow places ops on a visible GPU by itself
 
     def _run(self, waveform):
         scores, embeddings, _ = self._model(self._tf.constant(waveform))
@@ -201,6 +221,7 @@ class YamnetLite(_YamnetBase):
     """YAMNet via the TFLite file and ai-edge-litert (falls back to tf.lite when only TensorFlow is there)."""
 
     pack = False  # one cheap call per clip beats packing's gap patches (module docstring)
+    gpu_capable = False
 
     def warmup(self) -> None:
         pass
