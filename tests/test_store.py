@@ -487,8 +487,10 @@ class _Killed(BaseException):
     """A simulated SIGKILL: no cleanup runs in the store's writer (its temporary file stays behind)."""
 
 
-def test_any_interleaving_of_extract_kill_fix_rerun_stores_every_input_once(tmp_path_factory, office_files,
-                                                                            backbone):
+def test_any_interleaving_of_extract_kill_fix_rerun_index_add_keeps_every_input_once(tmp_path_factory,
+                                                                                      office_files, backbone):
+    """Issue 15's property: whatever the order of extract, a killed extract, a fixed or broken file, a rerun and
+    ``index add``, the store and the index end with every input exactly once."""
     hypothesis = pytest.importorskip("hypothesis")
     from hypothesis import strategies as st
 
@@ -498,19 +500,28 @@ def test_any_interleaving_of_extract_kill_fix_rerun_stores_every_input_once(tmp_
         sf.write(clips / f.name, x[: int(0.6 * sr)], sr)
     good = {f.name for f in clips.iterdir()}
     fixed_audio = clips / sorted(good)[0]
-    step = st.tuples(st.sampled_from(["extract", "kill", "fix", "break"]), st.integers(0, 6))
+    step = st.tuples(st.sampled_from(["extract", "kill", "fix", "break", "index"]), st.integers(0, 6))
+    from embedtag.search import add_to_index, build_index, load_index
 
-    @hypothesis.settings(max_examples=10, deadline=None, derandomize=True, database=None)
+    def index_add(out: Path, ix: Path) -> None:
+        if (ix / "manifest.json").exists():
+            add_to_index(ix, out)
+        elif (out / "manifest.json").exists() and len(open_store(out)):
+            build_index(out).save(ix)
+
+    @hypothesis.settings(max_examples=25, deadline=None, derandomize=True, database=None)
     @hypothesis.given(st.lists(step, min_size=1, max_size=5))
     def run(steps):
         work = Path(tempfile.mkdtemp(dir=tmp_path_factory.getbasetemp()))
         src = work / "src"
         shutil.copytree(clips, src)
         (src / "bad.wav").write_bytes(b"RIFF not really")
-        out = work / "store"
+        out, ix = work / "store", work / "index"
         real_atomic = artifacts.atomic_write
         for op, n in steps:
-            if op == "fix":
+            if op == "index":
+                index_add(out, ix)
+            elif op == "fix":
                 shutil.copy(fixed_audio, src / "bad.wav")
             elif op == "break":
                 (src / "bad.wav").write_bytes(b"RIFF not really")
@@ -544,6 +555,9 @@ def test_any_interleaving_of_extract_kill_fix_rerun_stores_every_input_once(tmp_
         assert store.failed_ids() == (set() if bad_in else {"bad.wav"})
         assert s.n_unstored == (0 if bad_in else 1)
         assert not list(out.rglob(".tmp-*"))
+        index_add(out, ix)  # the index catches up: every stored clip once, nothing else
+        ids = load_index(ix).clip_ids
+        assert len(ids) == len(set(ids)) and set(ids) == set(store.clip_ids)
         shutil.rmtree(work)
 
     run()
