@@ -8,7 +8,6 @@ import logging
 import mimetypes
 import os
 import platform
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -234,7 +233,8 @@ def create_app(head=None, run=None, index=None, model=None, max_upload_mb: float
     (413), ``max_queue`` requests in flight (503 with Retry-After beyond). ``token``: every ``/v1`` route and
     ``/metrics`` then need ``Authorization: Bearer TOKEN`` (401 otherwise). Micro-batching: ``max_batch`` windows
     per model call, after waiting at most ``max_wait_ms`` for concurrent requests. ``upload_dir``: where uploads
-    are spooled (default: a private temporary folder, removed at shutdown). ``top_k``: tags returned.
+    are spooled (default: the system's temporary folder; each upload's file is removed when its request ends,
+    so a killed server leaves no folder behind). ``top_k``: tags returned.
     ``threads``: PyTorch CPU threads for the model (process-wide; default: PyTorch's choice). On a small or busy
     CPU 1 is steadier: OpenMP threads that wait for a core stall every batch."""
     from embedtag import __version__
@@ -256,8 +256,7 @@ def create_app(head=None, run=None, index=None, model=None, max_upload_mb: float
     state = {"inflight": 0}
     batcher = MicroBatcher(max_batch=max_batch, max_wait_s=max_wait_ms / 1000, max_queue=max_queue,
                            on_batch=metrics.on_batch, in_flight=lambda: state["inflight"])
-    own_dir = upload_dir is None
-    up_dir = Path(tempfile.mkdtemp(prefix="embedtag-serve-") if own_dir else upload_dir)
+    up_dir = Path(tempfile.gettempdir() if upload_dir is None else upload_dir)
     up_dir.mkdir(parents=True, exist_ok=True)
     max_bytes = int(max_upload_mb * 1e6)
     # a few decoding threads, not one per request: dozens of threads decoding at once only fight the model thread
@@ -270,8 +269,6 @@ def create_app(head=None, run=None, index=None, model=None, max_upload_mb: float
     async def lifespan(app):
         yield
         batcher.close()
-        if own_dir:
-            shutil.rmtree(up_dir, ignore_errors=True)
 
     app = FastAPI(title="embedtag", version=__version__, lifespan=lifespan,
                   description="Audio tagging and similar-sound search with AudioSet-pretrained embeddings. "

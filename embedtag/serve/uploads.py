@@ -57,7 +57,7 @@ async def receive(request, folder: str | os.PathLike, max_bytes: int):
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes + 64 * 1024:  # multipart adds a little
         raise _too_big(max_bytes)
-    fd, tmp = tempfile.mkstemp(prefix="upload-", suffix=".part", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix="embedtag-upload-", suffix=".part", dir=folder)
     path = Path(tmp)
     final: Path | None = None
     try:
