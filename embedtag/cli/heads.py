@@ -129,6 +129,10 @@ def fit_head_cmd(
         if report.zero_shot_lwlrap is not None:
             t.add_row("zero-shot baseline", f"{report.zero_shot_lwlrap:.4f}")
     t.add_row("train lwlrap", f"{fitted.metrics['train_lwlrap']:.4f}")
+    if "oof_f1_micro" in fitted.metrics:
+        t.add_row("thresholds (OOF, max F1)", f"F1 micro {fitted.metrics['oof_f1_micro']:.4f}, macro "
+                                              f"{fitted.metrics['oof_f1_macro']:.4f} "
+                                              f"({fitted.metrics['threshold_folds']} folds)")
     if "noisy_clips" in fitted.metrics:
         t.add_row("noisy clips kept", f"{fitted.metrics['noisy_kept']} / {fitted.metrics['noisy_clips']} "
                                       f"(mean weight {fitted.metrics['noisy_mean_weight']:.3f})")
@@ -149,7 +153,8 @@ def _is_store(p: Path) -> bool:
 
 @app.command(epilog="Examples:\n\n  embedtag predict heads/fsd stores/test --out submission.csv\n\n"
                     "  embedtag predict heads/office clips/ -k 3 --format json --out tags.json\n\n"
-                    "  embedtag predict heads/office cough.wav -q | head -3   # no --out: stdout")
+                    "  embedtag predict heads/office cough.wav -q | head -3   # no --out: stdout\n\n"
+                    "  embedtag predict heads/office clips/ --threshold auto   # adds a labels column")
 def predict(
     head: Path = typer.Argument(..., help="Head directory (from `embedtag fit-head`) or fine-tuned run."),
     inputs: list[Path] = typer.Argument(..., help="An embedding store, or audio files / directories (embedded "
@@ -158,11 +163,15 @@ def predict(
     top_k: int | None = top_k_option(None, "Write the K most probable tags per clip instead of every probability."),
     fmt: CsvJson = format_option(CsvJson.csv, "csv: the Kaggle submission (fname, one column per label in "
                                               "vocabulary order); json: one record per clip."),
+    threshold: str | None = typer.Option(None, "--threshold", "-t", help="auto (the head's per-class thresholds, "
+                                                                         "else 0.5) or a number: add a `labels` "
+                                                                         "column (comma-separated labels at or "
+                                                                         "above it; single-label: the top label)."),
     device: str = device_option("Where audio inputs are embedded."),
     quiet: bool = QUIET,
     verbose: bool = VERBOSE,
 ) -> None:
-    """Predict label probabilities of every clip, to stdout or --out."""
+    """Predict label probabilities of every clip, to stdout or --out; --threshold adds the decided labels."""
     setup_logging(quiet, verbose)
     from embedtag.artifacts import load_predictor
     from embedtag.errors import ParamError
@@ -180,14 +189,24 @@ def predict(
             frame = predict_store(h, inputs[0])
         else:
             frame = predict_files(h, [str(p) for p in inputs], device=device, progress=not quiet)
+    thresholds = _parse_threshold(threshold, h)
+    if thresholds is not None:
+        from embedtag.heads.thresholds import labels_column
+
+        vocab = list(frame.columns[1:])
+        frame.insert(1, "labels", labels_column(frame[vocab].to_numpy(), vocab, thresholds,
+                                                bool(getattr(h, "multi_label", True))))
     if top_k is not None:
-        tags = top_k_fn(frame, top_k)
+        tags = top_k_fn(frame.drop(columns=["labels"], errors="ignore"), top_k)
+        if thresholds is not None:
+            for t, lab in zip(tags, frame["labels"]):
+                t["labels"] = lab
         if fmt == CsvJson.json:
             data = json.dumps(tags, indent=1)
         else:
             import pandas as pd
 
-            data = pd.DataFrame([{"fname": t["fname"],
+            data = pd.DataFrame([{"fname": t["fname"], **({"labels": t["labels"]} if "labels" in t else {}),
                                   **{f"label_{i + 1}": x["label"] for i, x in enumerate(t["tags"])},
                                   **{f"probability_{i + 1}": x["probability"] for i, x in enumerate(t["tags"])}}
                                  for t in tags])
@@ -197,6 +216,25 @@ def predict(
         data = frame
     where = write_output(data, out)
     info(f"{len(frame)} clips -> {where}", quiet)
+
+
+def _parse_threshold(value: str | None, predictor):
+    """--threshold: None, "auto" (the predictor's thresholds_, else the default) or a number in [0, 1]."""
+    from embedtag.errors import ParamError
+    from embedtag.heads.thresholds import as_array
+
+    if value is None:
+        return None
+    vocab = list(predictor.vocabulary)
+    if value.strip().lower() == "auto":
+        return as_array(getattr(predictor, "thresholds_", None), vocab)
+    try:
+        t = float(value)
+    except ValueError:
+        t = float("nan")
+    if not 0 <= t <= 1:
+        raise ParamError(f"--threshold {value!r}: expected auto or a number in [0, 1]")
+    return as_array(t, vocab)
 
 
 @app.command(epilog="Examples:\n\n  embedtag evaluate heads/office stores/office_test --labels labels.csv --out eval/"
@@ -241,6 +279,11 @@ def evaluate(
     if "accuracy" in res:
         s.add_row("accuracy (top-1)", f"{res['accuracy']:.4f}")
     s.add_row("accuracy_multi @0.5", f"{res['accuracy_multi']:.4f}  (element-wise; inflated by negatives)")
+    s.add_row("thresholds", res["thresholds"])
+    s.add_row("precision / recall / F1 (micro)",
+              f"{res['micro_precision']:.4f} / {res['micro_recall']:.4f} / {res['micro_f1']:.4f}")
+    s.add_row("precision / recall / F1 (macro)",
+              f"{res['macro_precision']:.4f} / {res['macro_recall']:.4f} / {res['macro_f1']:.4f}")
     console.print(s)
     if res["train_overlap"]:  # by clip id: held-out clips of the training store are not in-sample
         what = "head" if isinstance(h, Head) else "fine-tuned run"
@@ -249,9 +292,11 @@ def evaluate(
             f"this {what}: in-sample scores (`embedtag fit-head --folds 5` gives cross-validated ones)",
             highlight=False, soft_wrap=True)
     table = res["per_class"].sort_values("lwlrap")
-    t = Table("label", "clips", "lwlrap", "weight", "AP", title="per class (worst first)", title_justify="left")
+    t = Table("label", "clips", "lwlrap", "weight", "AP", "threshold", "P", "R", "F1",
+              title="per class (worst first)", title_justify="left")
     for r in (table if rows == 0 else table.head(rows)).itertuples():
-        t.add_row(r.label, str(r.n_clips), f"{r.lwlrap:.3f}", f"{r.weight:.3f}", f"{r.average_precision:.3f}")
+        t.add_row(r.label, str(r.n_clips), f"{r.lwlrap:.3f}", f"{r.weight:.3f}", f"{r.average_precision:.3f}",
+                  f"{r.threshold:.3f}", f"{r.precision:.3f}", f"{r.recall:.3f}", f"{r.f1:.3f}")
     console.print(t)
 
 

@@ -1,0 +1,116 @@
+"""From scores to tags: decision thresholds from out-of-fold predictions, predict --threshold, evaluate P/R/F1."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import run_cli as _run_cli
+from embedtag.heads.thresholds import decide, fit_thresholds, threshold_metrics
+
+
+def test_fit_thresholds_maximise_f1_and_rare_classes_get_the_global_one():
+    rng = np.random.default_rng(0)
+    Y = np.zeros((200, 3))
+    Y[:80, 0] = 1
+    Y[:2, 2] = 1  # two positives only: too few for its own curve
+    P = rng.uniform(0, 0.3, Y.shape)
+    P[:80, 0] = rng.uniform(0.2, 0.4, 80)  # positives of class 0 all score 0.2-0.4: the best threshold is ~0.2
+    t = fit_thresholds(Y, P)
+    assert 0.15 < t[0] < 0.3
+    f1_t = threshold_metrics(Y[:, :1], decide(P[:, :1], t[:1]))["micro_f1"]
+    f1_half = threshold_metrics(Y[:, :1], decide(P[:, :1], [0.5]))["micro_f1"]
+    assert f1_t > 0.7 and f1_half == 0  # no positive reaches 0.5
+    assert t[2] == t[1]  # class 1 has no positive and class 2 two: both take the global threshold
+    assert np.all((t >= 0.02) & (t <= 0.98))
+
+
+def _split_labels(shared_data, dataset, tmp_path, seed=0):
+    labels = pd.read_csv(shared_data / dataset / "labels.csv")
+    idx = np.random.default_rng(seed).permutation(len(labels))
+    cut = int(0.7 * len(labels))
+    train, test = labels.iloc[idx[:cut]], labels.iloc[idx[cut:]]
+    train.to_csv(tmp_path / "train.csv", index=False)
+    test.to_csv(tmp_path / "test.csv", index=False)
+    return tmp_path / "train.csv", tmp_path / "test.csv"
+
+
+def test_oof_thresholds_beat_half_on_held_out_f1(real_store, shared_data, tmp_path):
+    """donateacry_cleaned is multi-label (baby_cry + a reason); the thresholds come from out-of-fold scores of
+    the 70 % training clips and are judged on the 30 % held out."""
+    from embedtag.heads import evaluate_head, fit_head, load_head
+
+    store = real_store("donateacry_cleaned", model="yamnet-lite")
+    train_csv, test_csv = _split_labels(shared_data, "donateacry_cleaned", tmp_path)
+    head, report = fit_head(store, train_csv, head="logreg", progress=False)
+    assert head.multi_label and head.thresholds_ is not None and len(head.thresholds_) == len(head.vocabulary)
+    assert report.extra["threshold_folds"] == 3
+    head.save(tmp_path / "head")
+    loaded = load_head(tmp_path / "head")
+    assert loaded.thresholds_ == pytest.approx(head.thresholds_)
+    tuned = evaluate_head(loaded, store, test_csv)
+    loaded.thresholds_ = None
+    half = evaluate_head(loaded, store, test_csv)
+    assert half["thresholds"].startswith("0.5")
+    assert tuned["micro_f1"] > half["micro_f1"] and tuned["macro_f1"] > half["macro_f1"]
+    print(f"held-out F1 micro {half['micro_f1']:.3f} -> {tuned['micro_f1']:.3f}, "
+          f"macro {half['macro_f1']:.3f} -> {tuned['macro_f1']:.3f}")
+
+
+def test_old_head_without_thresholds_loads_with_none(real_store, tmp_path):
+    from embedtag.heads import fit_head, load_head
+
+    store = real_store("dcase2016_task2_office", model="yamnet-lite")
+    head, _ = fit_head(store, head="logreg", progress=False, threshold_folds=0)
+    assert head.thresholds_ is None
+    head.save(tmp_path / "h")
+    cfg = json.loads((tmp_path / "h" / "config.json").read_text())
+    assert cfg["thresholds"] is None
+    del cfg["thresholds"]  # a head saved before thresholds existed
+    (tmp_path / "h" / "config.json").write_text(json.dumps(cfg))
+    assert load_head(tmp_path / "h").thresholds_ is None
+
+
+def test_predict_threshold_adds_labels_and_evaluate_reports_f1(real_store, shared_data, capsys, tmp_path):
+    def run_cli(*argv):
+        return _run_cli(capsys, *argv)
+
+    store = real_store("donateacry_cleaned", model="yamnet-lite")
+    train_csv, test_csv = _split_labels(shared_data, "donateacry_cleaned", tmp_path)
+    code, _, err = run_cli("fit-head", store.path, "--labels", train_csv, "--head", "logreg", "-o", tmp_path / "h",
+                           "-q")
+    assert code == 0, err
+    code, out, err = run_cli("predict", tmp_path / "h", store.path, "--threshold", "auto", "-q")
+    assert code == 0, err
+    import io
+
+    frame = pd.read_csv(io.StringIO(out), keep_default_na=False)
+    assert list(frame.columns[:2]) == ["fname", "labels"]
+    head_thresholds = json.loads((tmp_path / "h" / "config.json").read_text())["thresholds"]
+    vocab = list(frame.columns[2:])
+    for _, row in frame.head(20).iterrows():
+        want = [lab for lab, t in zip(vocab, head_thresholds) if row[lab] >= t]
+        assert row["labels"] == ",".join(want)
+    assert (frame["labels"].str.contains("baby_cry")).mean() > 0.9  # every clip of the set is a baby crying
+    code, out, err = run_cli("predict", tmp_path / "h", store.path, "--threshold", "0.99", "--format", "json",
+                             "-q")
+    assert code == 0, err
+    records = json.loads(out)
+    assert {"fname", "labels"} <= set(records[0]) and all(
+        set(filter(None, r["labels"].split(","))) == {lab for lab in vocab if r[lab] >= 0.99} for r in records)
+    code, _, err = run_cli("predict", tmp_path / "h", store.path, "--threshold", "high", "-q")
+    assert code != 0 and "--threshold" in err
+    code, out, err = run_cli("evaluate", tmp_path / "h", store.path, "--labels", test_csv, "--format", "json",
+                             "-q")
+    assert code == 0, err
+    res = json.loads(out)
+    assert 0 < res["micro_f1"] <= 1 and 0 < res["macro_f1"] <= 1
+    assert {"precision", "recall", "f1", "threshold"} <= set(res["per_class"][0])
+    code, out, err = run_cli("evaluate", tmp_path / "h", store.path, "--labels", test_csv, "--out",
+                             tmp_path / "ev", "-q")
+    assert code == 0, err
+    assert "F1 (micro)" in out
+    assert "micro_f1" in json.loads((tmp_path / "ev" / "metrics.json").read_text())
