@@ -114,3 +114,80 @@ def test_predict_threshold_adds_labels_and_evaluate_reports_f1(real_store, share
     assert code == 0, err
     assert "F1 (micro)" in out
     assert "micro_f1" in json.loads((tmp_path / "ev" / "metrics.json").read_text())
+
+
+SEGMENTS = ["keyboard", "phone", "speech", "doorslam", "laughter"]
+SEGMENT_S = 3.0
+
+
+def _long_recording(shared_data, path):
+    """SEGMENTS, each SEGMENT_S long, made by repeating that label's real office clips end to end."""
+    import soundfile as sf
+
+    root = shared_data / "dcase2016_task2_office"
+    labels = pd.read_csv(root / "labels.csv")
+    parts, sr = [], None
+    for lab in SEGMENTS:
+        seg = []
+        for fname in labels[labels["labels"] == lab]["fname"]:
+            x, sr = sf.read(root / "audio" / fname, dtype="float32", always_2d=True)
+            seg.append(x.mean(1))
+            if sum(map(len, seg)) >= SEGMENT_S * sr:
+                break
+        parts.append(np.concatenate(seg)[: int(SEGMENT_S * sr)])
+    sf.write(path, np.concatenate(parts), sr)
+    return path
+
+
+@pytest.fixture(scope="module")
+def office_head(real_store, tmp_path_factory):
+    from embedtag.heads import fit_head
+
+    store = real_store("dcase2016_task2_office", model="yamnet-lite")
+    head, _ = fit_head(store, head="logreg", progress=False, threshold_folds=0)
+    return head.save(tmp_path_factory.mktemp("office") / "head")
+
+
+def test_predict_frames_follows_the_segments_of_a_long_recording(office_head, shared_data, capsys, tmp_path):
+    import io
+
+    wav = _long_recording(shared_data, tmp_path / "long.wav")
+    code, out, err = _run_cli(capsys, "predict", office_head, wav, "--frames", "--window-s", "1", "--threshold",
+                              "auto", "--plot", tmp_path / "timeline.png", "-q")
+    assert code == 0, err
+    frame = pd.read_csv(io.StringIO(out))
+    assert list(frame.columns[:4]) == ["clip_id", "start_s", "end_s", "labels"]
+    assert len(frame) == int(len(SEGMENTS) * SEGMENT_S) and (frame["clip_id"] == "long.wav").all()
+    vocab = list(frame.columns[4:])
+    truth = [SEGMENTS[int(s // SEGMENT_S)] for s in frame["start_s"]]
+    top = [vocab[j] for j in frame[vocab].to_numpy().argmax(1)]
+    assert (frame["labels"] == top).all()  # single-label head: the window's top label
+    hits = np.mean([a == b for a, b in zip(top, truth)])
+    assert hits >= 0.8, list(zip(truth, top))
+    assert (tmp_path / "timeline.png").stat().st_size > 5000
+
+    code, out, err = _run_cli(capsys, "predict", office_head, wav, "--frames", "--window-s", "1", "--events",
+                              "--format", "json", "-q")
+    assert code == 0, err
+    events = pd.DataFrame(json.loads(out))
+    assert list(events.columns) == ["clip_id", "label", "onset_s", "offset_s", "score"]
+    for k, lab in enumerate(SEGMENTS):
+        ev = events[events["label"] == lab]
+        # the longest event of the segment's label spans the segment, within one window at each end
+        best = ev.loc[(ev["offset_s"] - ev["onset_s"]).idxmax()]
+        assert abs(best["onset_s"] - k * SEGMENT_S) <= 1.0 and abs(best["offset_s"] - (k + 1) * SEGMENT_S) <= 1.0, ev
+
+
+def test_frames_to_events_median_filter_and_thresholds():
+    from embedtag.frames import frames_to_events
+
+    s = [0.9, 0.9, 0.1, 0.9, 0.9, 0.1, 0.1, 0.95, 0.1, 0.1]  # a one-window gap, then a one-window blip
+    frame = pd.DataFrame({"clip_id": "a", "start_s": np.arange(10.0), "end_s": np.arange(10.0) + 1, "x": s,
+                          "y": 0.3})
+    ev = frames_to_events(frame, median_filter=3)
+    assert ev[["label", "onset_s", "offset_s"]].values.tolist() == [["x", 0.0, 5.0]]
+    raw = frames_to_events(frame, median_filter=1)
+    assert len(raw) == 3 and set(raw["label"]) == {"x"}
+    low = frames_to_events(frame, {"x": 0.5, "y": 0.2}, median_filter=3)
+    assert (low["label"] == "y").sum() == 1 and low[low["label"] == "y"][["onset_s", "offset_s"]].values.tolist() \
+        == [[0.0, 10.0]]

@@ -154,7 +154,8 @@ def _is_store(p: Path) -> bool:
 @app.command(epilog="Examples:\n\n  embedtag predict heads/fsd stores/test --out submission.csv\n\n"
                     "  embedtag predict heads/office clips/ -k 3 --format json --out tags.json\n\n"
                     "  embedtag predict heads/office cough.wav -q | head -3   # no --out: stdout\n\n"
-                    "  embedtag predict heads/office clips/ --threshold auto   # adds a labels column")
+                    "  embedtag predict heads/office clips/ --threshold auto   # adds a labels column\n\n"
+                    "  embedtag predict heads/office long.wav --frames --window-s 1 --events --plot timeline.png")
 def predict(
     head: Path = typer.Argument(..., help="Head directory (from `embedtag fit-head`) or fine-tuned run."),
     inputs: list[Path] = typer.Argument(..., help="An embedding store, or audio files / directories (embedded "
@@ -167,11 +168,23 @@ def predict(
                                                                          "else 0.5) or a number: add a `labels` "
                                                                          "column (comma-separated labels at or "
                                                                          "above it; single-label: the top label)."),
+    frames: bool = typer.Option(False, "--frames", help="Tag over time: one row per window (clip_id, start_s, "
+                                                        "end_s, one score per label) instead of one per clip."),
+    window_s: float | None = typer.Option(None, "--window-s", help="With --frames: window length in seconds "
+                                                                   "(default: the head's extraction window)."),
+    hop_s: float | None = typer.Option(None, "--hop-s", help="With --frames: hop between windows in seconds "
+                                                             "(default: the window length)."),
+    events: bool = typer.Option(False, "--events", help="With --frames: merge windows into events (clip_id, label, "
+                                                        "onset_s, offset_s, score) at the thresholds, after a "
+                                                        "median filter over 3 windows."),
+    plot: Path | None = typer.Option(None, "--plot", help="With --frames: also save a timeline PNG (labels x time "
+                                                          "heat map)."),
     device: str = device_option("Where audio inputs are embedded."),
     quiet: bool = QUIET,
     verbose: bool = VERBOSE,
 ) -> None:
-    """Predict label probabilities of every clip, to stdout or --out; --threshold adds the decided labels."""
+    """Predict label probabilities of every clip, to stdout or --out; --threshold adds the decided labels;
+    --frames tags long recordings window by window (--events: as onset/offset events)."""
     setup_logging(quiet, verbose)
     from embedtag.artifacts import load_predictor
     from embedtag.errors import ParamError
@@ -180,6 +193,12 @@ def predict(
 
     log.debug("predict with %s on %d input(s), device %s", head, len(inputs), device)
     h = load_predictor(head, device=device)
+    if not frames and (events or plot is not None or window_s is not None or hop_s is not None):
+        raise ParamError("--events, --plot, --window-s and --hop-s go with --frames")
+    if frames:
+        _predict_frames(h, inputs, out=out, fmt=fmt, window_s=window_s, hop_s=hop_s, events=events, plot=plot,
+                        threshold=threshold, top_k=top_k, device=device, quiet=quiet)
+        return
     if not isinstance(h, Head):  # a fine-tuned network (embedtag finetune) reads the audio itself
         if len(inputs) == 1 and _is_store(inputs[0]):
             raise ParamError(f"{head} is a fine-tuned network: give it audio files or folders, not a store")
@@ -216,6 +235,44 @@ def predict(
         data = frame
     where = write_output(data, out)
     info(f"{len(frame)} clips -> {where}", quiet)
+
+
+def _predict_frames(h, inputs, *, out, fmt, window_s, hop_s, events, plot, threshold, top_k, device, quiet):
+    import pandas as pd
+
+    from embedtag.errors import ParamError
+    from embedtag.frames import frames_to_events, make_scorer, plot_timeline, predict_frames
+    from embedtag.heads.thresholds import labels_column
+    from embedtag.inputs import audio_files
+
+    if top_k is not None:
+        raise ParamError("--top-k does not go with --frames (every window gets every score; --threshold or "
+                         "--events say which labels are present)")
+    if len(inputs) == 1 and _is_store(inputs[0]):
+        raise ParamError(f"--frames needs audio: {inputs[0]} is an embedding store, which keeps one vector per clip")
+    ids, paths = audio_files([str(p) for p in inputs])
+    scorer = make_scorer(h, device=device)  # the backbone is loaded once for every file
+    parts = []
+    for clip_id, path in zip(ids, paths):
+        f = predict_frames(scorer, path, window_s=window_s, hop_s=hop_s)
+        f["clip_id"] = clip_id
+        parts.append(f)
+    frame = pd.concat(parts, ignore_index=True)
+    multi = bool(getattr(h, "multi_label", True))
+    thresholds = _parse_threshold(threshold if threshold is not None else "auto", h)
+    if plot is not None:
+        info(f"timeline -> {plot_timeline(frame, plot)}", quiet)
+    if events:
+        data = frames_to_events(frame, thresholds, median_filter=3, multi_label=multi)
+        what = f"{len(data)} events in {len(ids)} clip(s)"
+    else:
+        data = frame
+        if threshold is not None:
+            vocab = list(scorer.labels)
+            data.insert(3, "labels", labels_column(frame[vocab].to_numpy(), vocab, thresholds, multi))
+        what = f"{len(frame)} windows of {len(ids)} clip(s)"
+    where = write_output(data.to_json(orient="records", indent=1) if fmt == CsvJson.json else data, out)
+    info(f"{what} -> {where}", quiet)
 
 
 def _parse_threshold(value: str | None, predictor):
