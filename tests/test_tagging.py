@@ -191,3 +191,26 @@ def test_frames_to_events_median_filter_and_thresholds():
     low = frames_to_events(frame, {"x": 0.5, "y": 0.2}, median_filter=3)
     assert (low["label"] == "y").sum() == 1 and low[low["label"] == "y"][["onset_s", "offset_s"]].values.tolist() \
         == [[0.0, 10.0]]
+
+
+def test_tag_puts_speech_in_the_top_tags_of_a_speech_clip(shared_data, capsys, tmp_path):
+    root = shared_data / "dcase2016_task2_office"
+    labels = pd.read_csv(root / "labels.csv")
+    speech = root / "audio" / labels[labels["labels"] == "speech"]["fname"].iloc[0]
+    knock = root / "audio" / labels[labels["labels"] == "knock"]["fname"].iloc[0]
+    code, out, err = _run_cli(capsys, "tag", speech, knock, "-m", "yamnet-lite", "-k", "5", "--format", "json", "-q")
+    assert code == 0, err
+    rec = {r["clip_id"]: r for r in json.loads(out)}
+    assert "Speech" in [t["label"] for t in rec[speech.name]["tags"]]
+    assert "Speech" not in [t["label"] for t in rec[knock.name]["tags"][:1]]
+    assert all(t["score"] >= 0.5 for r in rec.values() for t in r["tags"] if t["label"] in r["labels"])
+    code, out, err = _run_cli(capsys, "tag", speech, "-m", "yamnet-lite", "--frames", "--window-s", "0.5",
+                              "--threshold", "0.2", "--format", "csv", "-q")
+    assert code == 0, err
+    import io
+
+    frame = pd.read_csv(io.StringIO(out), keep_default_na=False)
+    assert {"clip_id", "start_s", "end_s", "labels", "label_1", "score_1"} <= set(frame.columns) and len(frame) >= 2
+    assert (frame["label_1"] == "Speech").any()
+    code, out, err = _run_cli(capsys, "tag", speech, "-m", "yamnet-lite")
+    assert code == 0 and "Speech" in out
