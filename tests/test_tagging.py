@@ -214,3 +214,27 @@ def test_tag_puts_speech_in_the_top_tags_of_a_speech_clip(shared_data, capsys, t
     assert (frame["label_1"] == "Speech").any()
     code, out, err = _run_cli(capsys, "tag", speech, "-m", "yamnet-lite")
     assert code == 0 and "Speech" in out
+
+
+def test_auto_head_picks_deterministically_and_reports_every_candidate(real_store, tmp_path):
+    from sklearn.base import clone
+
+    from embedtag.heads import AutoHead, fit_head, load_head
+
+    store = real_store("dcase2016_task2_office", model="yamnet-lite")
+    a, _ = fit_head(store, head="auto", params={"candidates": ["logreg", "knn"]}, progress=False, threshold_folds=0)
+    b, _ = fit_head(store, head="auto", params={"candidates": ["logreg", "knn"]}, progress=False, threshold_folds=0)
+    auto = a.metrics["auto"]
+    assert auto == b.metrics["auto"]
+    assert set(auto["inner_lwlrap"]) == {"logreg(C=0.01)", "logreg(C=0.1)", "logreg(C=1)", "knn"}
+    best = max(auto["inner_lwlrap"].values())
+    assert (auto["ensemble_inner_lwlrap"] or best) >= best and auto["chosen"]
+    X = store.embeddings()
+    np.testing.assert_array_equal(a.predict_proba(X), b.predict_proba(X))
+    a.save(tmp_path / "h")
+    cfg = json.loads((tmp_path / "h" / "config.json").read_text())
+    assert cfg["head"] == "auto" and cfg["metrics"]["auto"]["chosen"] == auto["chosen"]
+    loaded = load_head(tmp_path / "h")
+    assert isinstance(loaded, AutoHead)
+    np.testing.assert_allclose(loaded.predict_proba(X), a.predict_proba(X), atol=1e-6)
+    assert clone(loaded).get_params() == loaded.get_params()

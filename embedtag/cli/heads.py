@@ -33,6 +33,7 @@ class HeadKind(str, Enum):
     lightgbm = "lightgbm"
     knn = "knn"
     prior = "prior"
+    auto = "auto"
 
 
 class Confidence(str, Enum):
@@ -73,7 +74,9 @@ def fit_head_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Head directory to write (config.json + weights)."),
     labels: Path | None = typer.Option(None, help="fname,labels CSV or dataset folder (FSDKaggle2019, ESC-50, "
                                                   "labels.csv+audio/); default: the store's own labels."),
-    head: HeadKind = typer.Option(HeadKind.mlp, help="The classifier."),
+    head: HeadKind = typer.Option(HeadKind.auto, help="The classifier; auto compares logreg (C chosen), mlp, "
+                                                      "knn and, from 1000 clips, lightgbm by inner CV and keeps "
+                                                      "the best (or a rank-average of the best few)."),
     param: list[str] = typer.Option([], "--param", "-p", help="Head parameter KEY=VALUE (JSON values), repeatable."),
     folds: int = typer.Option(0, min=0, help="Cross-validate with this many stratified folds first (0: no CV)."),
     noisy_weight: float = typer.Option(NOISY_WEIGHT, "--noisy-weight", min=0.0, help="Loss weight of noisy-subset "
@@ -136,6 +139,12 @@ def fit_head_cmd(
     if "noisy_clips" in fitted.metrics:
         t.add_row("noisy clips kept", f"{fitted.metrics['noisy_kept']} / {fitted.metrics['noisy_clips']} "
                                       f"(mean weight {fitted.metrics['noisy_mean_weight']:.3f})")
+    auto = fitted.metrics.get("auto")
+    if auto:
+        t.add_row("auto: chosen", f"{auto['chosen']}" + (f" (ensemble inner lwlrap {auto['ensemble_inner_lwlrap']:.4f})"
+                                                         if auto["ensemble"] else ""))
+        t.add_row(f"auto: inner lwlrap ({auto['inner_folds']} folds)",
+                  ", ".join(f"{k} {v:.4f}" for k, v in sorted(auto["inner_lwlrap"].items(), key=lambda kv: -kv[1])))
     t.add_row("fit time", f"{report.fit_time_s:.1f} s")
     Console().print(t)
 
