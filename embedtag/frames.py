@@ -442,9 +442,17 @@ def plot_timeline(frame, path: str | os.PathLike, *, max_clips: int = 8) -> Path
                              squeeze=False)
     for ax, clip in zip(axes[:, 0], clips):
         g = frame[frame["clip_id"] == clip].sort_values("start_s")
-        end = float(g["end_s"].max())
-        im = ax.imshow(g[show].to_numpy().T, aspect="auto", interpolation="nearest", vmin=0, vmax=1, cmap="viridis",
-                       extent=(float(g["start_s"].min()), end, len(show) - 0.5, -0.5))
+        # each window drawn around its centre, as wide as the hop (windows overlap when hop < window)
+        centres = ((g["start_s"] + g["end_s"]) / 2).to_numpy(np.float64)
+        if len(centres) > 1:
+            mids = (centres[1:] + centres[:-1]) / 2
+            edges = np.r_[centres[0] - (mids[0] - centres[0]), mids, centres[-1] + (centres[-1] - mids[-1])]
+        else:
+            edges = np.array([float(g["start_s"].iloc[0]), float(g["end_s"].iloc[0])])
+        edges = np.clip(edges, float(g["start_s"].min()), float(g["end_s"].max()))
+        im = ax.pcolormesh(edges, np.arange(len(show) + 1) - 0.5, g[show].to_numpy().T, vmin=0, vmax=1,
+                           cmap="viridis", shading="flat")
+        ax.invert_yaxis()
         ax.set_yticks(range(len(show)))
         ax.set_yticklabels(show, fontsize=7)
         ax.set_title(str(clip), fontsize=9, loc="left")
