@@ -250,7 +250,8 @@ def evaluate_head(predictor, store, labels=None) -> dict:
     """Score a head or a fine-tuned run on the labelled clips of ``store`` (noisy-subset clips excluded):
     lwlrap, per-class lwlrap with class weights and average precision, macro mAP, ``accuracy_multi``, for
     single-label data accuracy, and precision / recall / F1 of the predictor's decisions (its stored thresholds,
-    else 0.5; single-label: the top label) per class and as ``micro_*`` / ``macro_*``. ``per_class`` is a DataFrame sorted by vocabulary order.
+    else 0.5; single-label: the top label) per class and as ``micro_*`` / ``macro_*``. ``per_class`` is a
+    DataFrame sorted by vocabulary order.
 
     ``train_overlap`` is how many of the evaluated clips the predictor was trained on (by clip id; None when
     the artifact does not record its training clips): when it is above 0 those scores are in-sample."""

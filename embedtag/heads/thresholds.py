@@ -5,8 +5,10 @@
 with fewer than ``min_positives`` positive clips has too few points for its own curve: it gets the single
 threshold that maximises micro-F1 over all classes. A class whose best out-of-fold F1 stays below ``min_f1`` is one
 the head cannot detect: its F1-optimal threshold is near 0 (tagging nearly every clip is the best of bad options
-for a rare class), which floods the tags with false positives, so it keeps the conservative default 0.5. :func:`decide` applies thresholds (single-label heads answer
-their top label), :func:`threshold_metrics` scores the decisions (precision, recall, F1 per class, micro, macro).
+for a rare class), which floods the tags with false positives, so it keeps the conservative default 0.5.
+
+:func:`decide` applies thresholds (single-label heads answer their top label), :func:`threshold_metrics` scores
+the decisions (precision, recall, F1 per class, micro, macro).
 """
 
 from __future__ import annotations
