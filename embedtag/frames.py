@@ -369,3 +369,98 @@ def tag_clip(predictor_or_backbone, source, *, k: int = 5, sample_rate: int | No
     durations = [n / scorer.sample_rate for _, n in spans]
     clip = scorer.score_clip(out, durations).clip_scores
     return {"duration_s": float(sum(durations)), "tags": scorer.top(clip, k), "labels": scorer.present(clip)}
+
+
+# ----------------------------------------------------------------------------------------------- events, plots
+def _label_columns(frame) -> list[str]:
+    return [c for c in frame.columns if c not in ("clip_id", "start_s", "end_s", "labels")]
+
+
+def _median_filter(active: np.ndarray, size: int) -> np.ndarray:
+    """Median filter of 0/1 columns over time (rows); edges repeat the nearest value (scipy's "nearest")."""
+    if size <= 1 or len(active) == 0:
+        return active
+    from scipy.ndimage import median_filter
+
+    return median_filter(active.astype(np.uint8), size=(size, 1), mode="nearest").astype(bool)
+
+
+def frames_to_events(frame, thresholds=None, median_filter: int = 3, multi_label: bool = True):
+    """Merge the windows of a :func:`predict_frames` frame into events: a DataFrame
+    ``clip_id, label, onset_s, offset_s, score`` (score: the label's mean score over the event's windows).
+
+    A label is active in a window when its score reaches its threshold (``thresholds``: a head's ``thresholds_``,
+    a sequence in column order, a label -> value dict, a float, or None for :data:`DEFAULT_THRESHOLD`); for a
+    single-label predictor (``multi_label=False``) the window's top label is the active one. A median filter over
+    ``median_filter`` windows (odd; 1: none) removes one-window blips and fills one-window gaps. An event runs
+    from the start of its first window to the end of its last."""
+    import pandas as pd
+
+    if not isinstance(median_filter, int) or median_filter < 1 or median_filter % 2 == 0:
+        raise ParamError(f"median_filter must be an odd integer >= 1, got {median_filter!r}")
+    labels = _label_columns(frame)
+    t = np.full(len(labels), float(thresholds)) if isinstance(thresholds, (int, float)) else \
+        _thresholds(thresholds, labels)
+    rows = []
+    for clip_id, g in frame.groupby("clip_id", sort=False):
+        g = g.sort_values("start_s", kind="stable")
+        S = g[labels].to_numpy(np.float64)
+        if multi_label:
+            active = S >= t[None, :]
+        else:
+            active = np.zeros(S.shape, bool)
+            active[np.arange(len(S)), np.argmax(S, 1)] = True
+        active = _median_filter(active, median_filter)
+        starts, ends = g["start_s"].to_numpy(), g["end_s"].to_numpy()
+        for j, lab in enumerate(labels):
+            a = np.r_[False, active[:, j], False].astype(np.int8)
+            edges = np.flatnonzero(np.diff(a))
+            for on, off in zip(edges[::2], edges[1::2]):  # windows on..off-1 are active
+                rows.append({"clip_id": clip_id, "label": lab, "onset_s": float(starts[on]),
+                             "offset_s": float(ends[off - 1]), "score": float(S[on:off, j].mean())})
+    events = pd.DataFrame(rows, columns=["clip_id", "label", "onset_s", "offset_s", "score"])
+    return events.sort_values(["clip_id", "onset_s", "label"], kind="stable").reset_index(drop=True)
+
+
+def plot_timeline(frame, path: str | os.PathLike, *, max_clips: int = 8) -> Path:
+    """Save a PNG timeline of a :func:`predict_frames` frame: per clip, a labels x time heat map of the window
+    scores (at most ``max_clips`` clips, one panel each). Returns the file written."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never needs a display
+    import matplotlib.pyplot as plt
+
+    labels = _label_columns(frame)
+    clips = list(dict.fromkeys(frame["clip_id"]))[:max_clips]
+    if not clips:
+        raise DataError("no window to plot")
+    show = labels
+    if len(labels) > 30:  # AudioSet's 521 classes: keep the ones that score highest somewhere
+        peak = frame[labels].max().sort_values(ascending=False)
+        show = list(peak.index[:30])
+    fig, axes = plt.subplots(len(clips), 1, figsize=(10, 0.25 * len(show) * len(clips) + 1.2 * len(clips)),
+                             squeeze=False)
+    for ax, clip in zip(axes[:, 0], clips):
+        g = frame[frame["clip_id"] == clip].sort_values("start_s")
+        # each window drawn around its centre, as wide as the hop (windows overlap when hop < window)
+        centres = ((g["start_s"] + g["end_s"]) / 2).to_numpy(np.float64)
+        if len(centres) > 1:
+            mids = (centres[1:] + centres[:-1]) / 2
+            edges = np.r_[centres[0] - (mids[0] - centres[0]), mids, centres[-1] + (centres[-1] - mids[-1])]
+        else:
+            edges = np.array([float(g["start_s"].iloc[0]), float(g["end_s"].iloc[0])])
+        edges = np.clip(edges, float(g["start_s"].min()), float(g["end_s"].max()))
+        im = ax.pcolormesh(edges, np.arange(len(show) + 1) - 0.5, g[show].to_numpy().T, vmin=0, vmax=1,
+                           cmap="viridis", shading="flat")
+        ax.invert_yaxis()
+        ax.set_yticks(range(len(show)))
+        ax.set_yticklabels(show, fontsize=7)
+        ax.set_title(str(clip), fontsize=9, loc="left")
+        ax.set_xlabel("time (s)")
+        fig.colorbar(im, ax=ax, pad=0.01, label="score")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

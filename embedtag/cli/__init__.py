@@ -30,7 +30,7 @@ app = typer.Typer(
 )
 
 # Command modules; each defines its commands on ``app`` when imported (a module that is not there is skipped).
-_COMMAND_MODULES = ["extract", "heads", "search", "finetune", "benchmark", "split", "store", "serve"]
+_COMMAND_MODULES = ["extract", "heads", "search", "finetune", "benchmark", "split", "store", "serve", "tag"]
 
 
 def _version_callback(value: bool) -> None:

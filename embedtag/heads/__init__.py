@@ -17,6 +17,7 @@ Each head is a scikit-learn estimator (``clone``, ``get_params``/``set_params``,
 
 from __future__ import annotations
 
+from embedtag.heads.auto import AutoHead
 from embedtag.heads.base import Head, ParamError
 from embedtag.heads.knn import KNNHead
 from embedtag.heads.lgbm import LightGBMHead
@@ -30,6 +31,7 @@ HEADS: dict[str, type[Head]] = {
     "lightgbm": LightGBMHead,
     "knn": KNNHead,
     "prior": PriorHead,
+    "auto": AutoHead,
 }
 
 
@@ -65,7 +67,7 @@ from embedtag.heads.api import (  # noqa: E402  (api needs HEADS defined above)
 from embedtag.heads.training import CVResult, cross_validate, train_head  # noqa: E402
 from embedtag.heads.zeroshot import map_labels, zero_shot_scores, zero_shot_store  # noqa: E402
 
-__all__ = ["Head", "HEADS", "make_head", "load_head", "LogisticHead", "MLPHead", "LightGBMHead", "KNNHead",
+__all__ = ["Head", "HEADS", "AutoHead", "make_head", "load_head", "LogisticHead", "MLPHead", "LightGBMHead", "KNNHead",
            "PriorHead", "fit_head", "predict_store", "predict_files", "evaluate_head", "labels_for_store",
            "FitReport", "top_k", "train_head", "cross_validate", "CVResult", "map_labels", "zero_shot_scores",
            "zero_shot_store", "ParamError"]

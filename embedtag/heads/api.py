@@ -12,6 +12,7 @@ import numpy as np
 
 from embedtag.errors import DataError
 from embedtag.heads.base import Head, ParamError
+from embedtag.heads.thresholds import as_array, decide, fit_thresholds, threshold_metrics
 from embedtag.heads.training import CVResult, cross_validate, noisy_mask, train_head
 from embedtag.inputs import Dataset, audio_files, load_dataset, match_clips, to_multi_hot
 from embedtag.metrics import accuracy, accuracy_multi, lwlrap, lwlrap_per_class, macro_map
@@ -90,12 +91,17 @@ class FitReport:
 def fit_head(store, labels=None, head: str = "mlp", params: dict | None = None, *, noisy_weight: float = 0.3,
              confidence: str | None = None, confidence_threshold: float = 0.5, folds: int = 0,
              multi_label: bool | str = "auto", seed: int = 0, vocabulary: list[str] | None = None,
-             dataset_folds_first: bool = True, progress: bool = True) -> tuple[Head, FitReport]:
+             dataset_folds_first: bool = True, progress: bool = True,
+             threshold_folds: int = 3) -> tuple[Head, FitReport]:
     """Train a head of kind ``head`` on the labelled clips of ``store``; with ``folds >= 2`` first measure it
     by cross-validation (with the label-prior baseline and, when the store keeps AudioSet scores, the
     zero-shot baseline on the same clips). When the labels come with the dataset's own folds for every scored
     clip (ESC-50) and ``dataset_folds_first``, those folds are used instead of ``folds`` stratified ones.
-    Returns the head fitted on all labelled clips and a report."""
+    Returns the head fitted on all labelled clips and a report.
+
+    The head also gets per-class decision thresholds (``head.thresholds_``, saved with it) maximising F1 on
+    out-of-fold predictions: those of the CV when ``folds >= 2``, else of an extra ``threshold_folds``-fold
+    CV (0: none; the head then decides at 0.5). Too few clips for the inner folds also leaves it at 0.5."""
     from embedtag.heads import make_head
     from embedtag.heads.zeroshot import zero_shot_store
 
@@ -141,8 +147,26 @@ def fit_head(store, labels=None, head: str = "mlp", params: dict | None = None, 
             scored = report.cv.scored
             report.zero_shot_lwlrap = lwlrap(Yl[scored], zs[labelled][scored])
     start = time.perf_counter()
+    oof = report.cv
+    if oof is None and threshold_folds >= 2:
+        scored = ~noisy_mask(subset_arg, len(Xl)) & (Yl.sum(1) > 0)
+        if scored.sum() >= 2 * threshold_folds:
+            try:
+                oof = cross_validate(make, Xl, Yl, subset=subset_arg, folds=threshold_folds, seed=seed, **train_kw)
+            except DataError:  # e.g. a fold left with one class only: keep the default threshold
+                oof = None
+    thresholds = None
+    if oof is not None:
+        thresholds = fit_thresholds(Yl[oof.scored], oof.oof[oof.scored])
     fitted = train_head(make, Xl, Yl, subset=subset_arg, **train_kw)
+    fitted.thresholds_ = None if thresholds is None else [float(t) for t in thresholds]
     report.fit_time_s = time.perf_counter() - start
+    if oof is not None:
+        D = decide(oof.oof[oof.scored], thresholds, multi_label)
+        m = threshold_metrics(Yl[oof.scored], D)
+        report.extra["oof_f1_micro"] = m["micro_f1"]
+        report.extra["oof_f1_macro"] = m["macro_f1"]
+        report.extra["threshold_folds"] = len(oof.fold_lwlrap)
     fitted.vocabulary = vocab
     fitted.train_clip_ids = [c for c, keep in zip(store.clip_ids, labelled) if keep]
     fitted.backbone = store.manifest.backbone
@@ -224,8 +248,10 @@ def _labels_in_vocabulary(store, labels, vocabulary: list[str]):
 
 def evaluate_head(predictor, store, labels=None) -> dict:
     """Score a head or a fine-tuned run on the labelled clips of ``store`` (noisy-subset clips excluded):
-    lwlrap, per-class lwlrap with class weights and average precision, macro mAP, ``accuracy_multi`` and, for
-    single-label data, accuracy. ``per_class`` is a DataFrame sorted by vocabulary order.
+    lwlrap, per-class lwlrap with class weights and average precision, macro mAP, ``accuracy_multi``, for
+    single-label data accuracy, and precision / recall / F1 of the predictor's decisions (its stored thresholds,
+    else 0.5; single-label: the top label) per class and as ``micro_*`` / ``macro_*``. ``per_class`` is a
+    DataFrame sorted by vocabulary order.
 
     ``train_overlap`` is how many of the evaluated clips the predictor was trained on (by clip id; None when
     the artifact does not record its training clips): when it is above 0 those scores are in-sample."""
@@ -256,11 +282,19 @@ def evaluate_head(predictor, store, labels=None) -> dict:
     n_pos = Yk.sum(0).astype(int)
     ap = [average_precision_score(Yk[:, j], P[:, j]) if 0 < n_pos[j] < len(Yk) else np.nan
           for j in range(Yk.shape[1])]
+    stored = getattr(predictor, "thresholds_", None)
+    thresholds = as_array(stored, vocabulary)
+    multi = bool(getattr(predictor, "multi_label", True))
+    tm = threshold_metrics(Yk, decide(P, thresholds, multi))
     table = pd.DataFrame({"label": vocabulary, "n_clips": n_pos, "lwlrap": per_class, "weight": weights,
-                          "average_precision": ap})
+                          "average_precision": ap, "threshold": thresholds, "precision": tm["precision"],
+                          "recall": tm["recall"], "f1": tm["f1"]})
     out = {"n_clips": int(keep.sum()), "lwlrap": lwlrap(Yk, P), "macro_map": macro_map(Yk, P),
-           "accuracy_multi": accuracy_multi(Yk, P), "train_overlap": overlap, "per_class": table, "truth": Yk,
-           "scores": P, "clip_ids": evaluated}
+           "accuracy_multi": accuracy_multi(Yk, P), "train_overlap": overlap,
+           "thresholds": "top label" if not multi else ("per class (out-of-fold F1)" if stored is not None
+                                                         else "0.5 (the predictor stores none)"),
+           **{k: v for k, v in tm.items() if k.startswith(("micro_", "macro_"))},
+           "per_class": table, "truth": Yk, "scores": P, "clip_ids": evaluated}
     if (Yk.sum(1) == 1).all():
         out["accuracy"] = accuracy(Yk, P)
     return out

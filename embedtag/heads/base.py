@@ -144,6 +144,9 @@ class Head(BaseEstimator):
     backbone: str | None = None
     store_fingerprint: str | None = None
     train_clip_ids: list[str] | None = None
+    #: per-class decision thresholds in vocabulary order (from out-of-fold predictions, see
+    #: embedtag.heads.thresholds); None: :data:`embedtag.frames.DEFAULT_THRESHOLD` for every class
+    thresholds_: list[float] | None = None
     metrics = types.MappingProxyType({})
     extraction = types.MappingProxyType({})
 
@@ -325,6 +328,7 @@ class Head(BaseEstimator):
             "backbone": self.backbone, "embedding_dim": self.embedding_dim,
             "store_fingerprint": self.store_fingerprint, "extraction": _finite(_jsonable(dict(self.extraction))),
             "metrics": _finite(_jsonable(dict(self.metrics))),
+            "thresholds": None if self.thresholds_ is None else [float(t) for t in self.thresholds_],
         }
         # weights first, config last, each atomic; the same random id in both lets load() notice weights and a
         # config from two different saves (an overwrite interrupted half-way) instead of mislabelling scores
@@ -447,6 +451,12 @@ class Head(BaseEstimator):
             msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
             raise ArtifactError(f"{weights} does not match {cfg_path} (vocabulary of {len(vocab)} labels, "
                                 f"embedding_dim {dim}): {msg}; refit the head") from None
+        # checked after the weights, so that a vocabulary edited by hand is reported as a mismatch with them
+        thresholds = field("thresholds", lambda v: v is None or (
+            isinstance(v, list) and len(v) == len(vocab) and all(is_number(t) and 0 <= t <= 1 for t in v)),
+            f"null or a list of {len(vocab)} numbers in [0, 1]", required=False)
+        if thresholds is not None:
+            head.thresholds_ = [float(t) for t in thresholds]
         return head
 
 def _init_signature(klass) -> dict:
