@@ -10,10 +10,10 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import run_cli
 from sklearn.base import clone
 from sklearn.utils import estimator_checks
 
+from conftest import run_cli
 from embedtag import artifacts
 from embedtag.errors import ArtifactError, DataError, ParamError, WrongKindError
 from embedtag.heads import HEADS, LogisticHead, MLPHead, evaluate_head, fit_head, load_head, make_head
