@@ -6,7 +6,8 @@ reciprocal rank of the true label), on ``X_val``/``Y_val`` when given, else on a
 of the clean clips, but only when that split has at least ``min_validation_clips`` clips: on the small real sets
 of benchmarks/heads_real.py, ranking epochs on ~30 held-out clips cost 0.01-0.09 lwlrap against training
 ``epochs`` epochs on every clip, and so did batch norm, hence the defaults (no batch norm, dropout 0.5,
-40 epochs). Noisy clips (``subset == "noisy"``) can be trained with the soft bootstrapping loss Lsoft of Reed et al. (2015): the target becomes ``beta * label + (1 - beta) * prediction``, so the model is
+40 epochs). Noisy clips (``subset == "noisy"``) can be trained with the soft bootstrapping loss Lsoft of
+Reed et al. (2015): the target becomes ``beta * label + (1 - beta) * prediction``, so the model is
 allowed to partly disagree with a label it finds implausible. Runs on CUDA when present.
 """
 
