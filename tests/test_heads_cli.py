@@ -113,3 +113,22 @@ def test_predict_on_a_store_of_another_backbone_fails_in_one_line(trained, tmp_p
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "panns-cnn14" in err and "yamnet" in err
     assert not (tmp_path / "x.csv").exists()
+
+
+def test_predict_on_a_folder_records_an_unreadable_file_and_goes_on(trained, tmp_path, capsys):
+    """Issue 15: one bad file among many is listed with its reason, the others are predicted, exit code 3."""
+    store, out = trained
+    audio = require(DATA / "dcase2016_task2_office" / "audio")
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    for n in ("cough004.wav", "phone036.wav"):
+        shutil.copy(audio / n, clips / n)
+    (clips / "broken.wav").write_bytes(b"RIFF....WAVEfmt not really audio")
+    with pytest.raises(SystemExit) as exc:
+        cli_main(["predict", str(out), str(clips), "--out", str(tmp_path / "p.csv"), "-q"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 3 and "broken.wav" in err and "cannot decode" in err and "Traceback" not in err
+    df = pd.read_csv(tmp_path / "p.csv")
+    head = load_head(out)
+    assert df["fname"].tolist() == ["cough004.wav", "phone036.wav"]
+    assert [head.vocabulary[j] for j in df[head.vocabulary].to_numpy().argmax(1)] == ["cough", "phone"]

@@ -242,8 +242,17 @@ def predict(
         data = frame.to_json(orient="records", indent=1)
     else:
         data = frame
+    failures = frame.attrs.get("failures", [])  # read after the frame's copies above (pandas drops attrs)
     where = write_output(data, out)
     info(f"{len(frame)} clips -> {where}", quiet)
+    if failures:  # the others were predicted; say which were not, and exit 3 as extract does
+        from rich.console import Console
+        from rich.markup import escape
+
+        err = Console(stderr=True)
+        for clip_id, reason in failures:
+            err.print(f"  [red]failed[/] {escape(clip_id)}: {escape(reason)}", highlight=False, soft_wrap=True)
+        raise typer.Exit(3)
 
 
 def _predict_frames(h, inputs, *, out, fmt, window_s, hop_s, events, plot, threshold, top_k, device, quiet):

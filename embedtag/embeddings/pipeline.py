@@ -307,14 +307,14 @@ def _load(model, weights, device):
 def encode(inputs: str | os.PathLike | np.ndarray | Sequence, model=None, *, sample_rate: int | None = None,
            batch_size: int | None = None, device: str = "auto", weights=None, workers: int | None = None,
            pooling: str = "mean", window_s: float | None = None, return_scores: bool = False,
-           progress: bool = False):
+           progress: bool = False, on_error: Callable[[int, EmbedtagError], None] | None = None):
     """Embed audio files or arrays in memory; one call does decoding, batching, device placement and progress.
 
     ``inputs``: a path, an array, or a sequence of them (arrays are at ``sample_rate``, default the backbone's).
     ``model``: a backbone name (see ``embedtag models``; default ``registry.DEFAULT_MODEL``, efficientat-mn04) or a
-    loaded backbone. Returns ``(n, dim)`` float32 in
-    input order (and the ``(n, n_classes)`` AudioSet scores with ``return_scores=True``). A file that cannot be
-    decoded raises :class:`~embedtag.errors.AudioError` naming it.
+    loaded backbone. Returns ``(n, dim)`` float32 in input order (and the ``(n, n_classes)`` AudioSet scores with
+    ``return_scores=True``). A file that cannot be decoded raises :class:`~embedtag.errors.AudioError` naming it;
+    with ``on_error(i, exc)`` it is reported there instead, its row is NaN, and the other inputs go on.
     """
     backbone = _load(model, weights, device)
     single = isinstance(inputs, (str, os.PathLike)) or (isinstance(inputs, np.ndarray) and inputs.ndim == 1)
@@ -328,16 +328,27 @@ def encode(inputs: str | os.PathLike | np.ndarray | Sequence, model=None, *, sam
     results: dict[str, dict] = {}
 
     def fail(src: ClipSource, exc: EmbedtagError) -> None:
-        raise exc
+        if on_error is None:
+            raise exc
+        on_error(int(src.clip_id), exc)
 
     with _progress_bar(progress, len(sources), f"embedding with {backbone.name}") as advance:
         run(backbone, sources, on_batch=lambda recs: results.update({r["clip_id"]: r for r in recs}),
             on_error=fail, batch_size=batch_size, workers=workers, pooling=pooling, window_s=window_s,
             on_progress=advance)
-    emb = np.stack([results[s.clip_id]["embedding"] for s in sources]) if sources else np.zeros((0, 0), np.float32)
+    dim = backbone.embedding_dim * (2 if pooling == "meanmax" else 1)
+    n_cls = len(backbone.class_names)
+
+    def column(key: str, width: int) -> np.ndarray:
+        if not sources:
+            return np.zeros((0, width), np.float32)
+        missing = np.full(width, np.nan, np.float32)  # an input that failed (reported through on_error)
+        return np.stack([results[s.clip_id][key] if s.clip_id in results else missing for s in sources])
+
+    emb = column("embedding", dim)
     if not return_scores:
         return emb
-    return emb, np.stack([results[s.clip_id]["audioset_scores"] for s in sources])
+    return emb, column("audioset_scores", n_cls)
 
 
 def extract(src, out: str | os.PathLike, model=None, *, labels=None, weights=None, device: str = "auto",

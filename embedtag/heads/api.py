@@ -88,7 +88,7 @@ class FitReport:
         return d
 
 
-def fit_head(store, labels=None, head: str = "mlp", params: dict | None = None, *, noisy_weight: float = 0.3,
+def fit_head(store, labels=None, head: str = "auto", params: dict | None = None, *, noisy_weight: float = 0.3,
              confidence: str | None = None, confidence_threshold: float = 0.5, folds: int = 0,
              multi_label: bool | str = "auto", seed: int = 0, vocabulary: list[str] | None = None,
              dataset_folds_first: bool = True, progress: bool = True,
@@ -203,16 +203,26 @@ _audio_inputs = audio_files
 def predict_files(head: Head, inputs, *, batch_size: int | None = None, device: str = "auto",
                   progress: bool = True):
     """Embed audio files (or directories of them; clip ids are paths relative to the directory) with the
-    head's backbone and pooling, then predict. Returns the same DataFrame as :func:`predict_store`."""
+    head's backbone and pooling, then predict. Returns the same DataFrame as :func:`predict_store`, without
+    the files that could not be read: ``frame.attrs["failures"]`` lists them as ``(clip_id, reason)``."""
     from embedtag.embeddings.pipeline import encode
 
     if not head.backbone:
         raise DataError("this head records no backbone, so audio cannot be embedded for it; predict on a store")
     ids, paths = audio_files(inputs)
     ext = getattr(head, "extraction", {}) or {}
+    failures: list[tuple[str, str]] = []
+
+    def failed(i: int, exc) -> None:  # one unreadable file is recorded; the others are still predicted
+        failures.append((ids[i], getattr(exc, "reason", None) or str(exc)))
+
     X = encode(paths, model=head.backbone, batch_size=batch_size, device=device,
-               pooling=ext.get("pooling", "mean"), window_s=ext.get("window_s"), progress=progress)
-    return _frame(ids, head.predict_proba(X), head.vocabulary)
+               pooling=ext.get("pooling", "mean"), window_s=ext.get("window_s"), progress=progress,
+               on_error=failed)
+    ok = ~np.isnan(X).any(axis=1)
+    frame = _frame([c for c, keep in zip(ids, ok) if keep], head.predict_proba(X[ok]), head.vocabulary)
+    frame.attrs["failures"] = failures
+    return frame
 
 
 def top_k(frame, k: int) -> list[dict]:
