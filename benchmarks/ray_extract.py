@@ -30,21 +30,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+from benchmarks.extract_speed import clip_files  # the same shuffled real clips
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("EMBEDTAG_SHARED", REPO.parent / "shared"))
 RESULTS = REPO / "benchmarks" / "results"
-
-
-def clip_files(limit: int) -> list[Path]:
-    files = []
-    for d in sorted((SHARED / "data").iterdir()):
-        if (d / "audio").is_dir():
-            files += sorted((d / "audio").iterdir())
-    rng = np.random.default_rng(0)
-    rng.shuffle(files)
-    return files[:limit]
 
 
 def store_bytes_per_clip(store: Path) -> tuple[float, int]:

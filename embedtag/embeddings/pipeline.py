@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from embedtag._progress import progress_bar as _progress_bar
 from embedtag.embeddings import audio as A
 from embedtag.errors import AudioError, EmbedtagError, ParamError
 from embedtag.inputs import ClipSource, read_label_table, resolve_sources, safe_text
@@ -483,41 +484,3 @@ def _engine(engine: str, *, weights=None, **ray_options) -> Callable:
     ray_engine.import_ray()  # "pip install 'embedtag[ray]'" before any model is loaded or store created
     ray_engine.check_address(given.get("ray_address"))
     return functools.partial(ray_engine.run_ray, weights=weights, **given)
-
-
-class _progress_bar:
-    """A rich progress bar (clips, clips/s, ETA) whose ``advance(n)`` is handed to the engine."""
-
-    def __init__(self, enabled: bool, total: int, label: str):
-        self.enabled, self.total, self.label = enabled, total, label
-        self.bar = None
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda n: None
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self.bar = Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
-                            MofNCompleteColumn(), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
-                            TextColumn("ETA"), TimeRemainingColumn(), transient=False)
-        self.bar.start()
-        task = self.bar.add_task(self.label, total=self.total, rate="")
-
-        def advance(n: int) -> None:
-            self.bar.advance(task, n)
-            speed = self.bar.tasks[0].speed
-            self.bar.update(task, rate=f"{speed:.1f} clips/s" if speed else "")
-
-        return advance
-
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.stop()
-        return False
