@@ -262,11 +262,16 @@ def save_section(path: Path, key: str, value) -> dict:
 def print_tables(result: dict) -> None:
     if "heads" in result:
         cols = ["prior", "zero-shot", *HEADS, "mlp (tuned)"]
+        missing = [c for c in cols if not any(c in r["lwlrap"] for r in result["heads"])]
+        if missing:  # results from before a head was added: say so rather than fail
+            print(f"\n{', '.join(missing)}: not in these results yet (rerun `python -m benchmarks.heads_real`).")
+            cols = [c for c in cols if c not in missing]
         print("\n| dataset | clips | labels | " + " | ".join(cols) + " |")
         print("|---|---|---|" + "---|" * len(cols))
         for r in result["heads"]:
             best = max(v for k, v in r["lwlrap"].items())
-            cells = [(f"**{r['lwlrap'][c]:.3f}**" if r["lwlrap"][c] == best else f"{r['lwlrap'][c]:.3f}")
+            cells = [("n/a" if c not in r["lwlrap"] else
+                      f"**{r['lwlrap'][c]:.3f}**" if r["lwlrap"][c] == best else f"{r['lwlrap'][c]:.3f}")
                      + (f" ({r['zero_shot_coverage']})" if c == "zero-shot" else "") for c in cols]
             kind = "multi" if r["multi_label"] else "single"
             print(f"| {r['dataset']} | {r['clips']} | {r['labels']} ({kind}) | " + " | ".join(cells) + " |")
