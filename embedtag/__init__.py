@@ -23,44 +23,43 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-# public name -> (module, attribute); attribute None: the module itself. Several modules are tried in order
-# where a name is moving.
-_LAZY: dict[str, tuple[tuple[str, ...], str | None]] = {
+# public name -> (module, attribute); attribute None: the module itself.
+_LAZY: dict[str, tuple[str, str | None]] = {
     # audio -> embeddings
-    "encode": (("embedtag.embeddings.pipeline",), "encode"),
-    "extract": (("embedtag.embeddings.pipeline",), "extract"),
-    "load_audio": (("embedtag.embeddings.audio",), "load_audio"),
-    "list_backbones": (("embedtag.embeddings.registry",), "list_backbones"),
-    "load_backbone": (("embedtag.embeddings.registry",), "load_backbone"),
+    "encode": ("embedtag.embeddings.pipeline", "encode"),
+    "extract": ("embedtag.embeddings.pipeline", "extract"),
+    "load_audio": ("embedtag.embeddings.audio", "load_audio"),
+    "list_backbones": ("embedtag.embeddings.registry", "list_backbones"),
+    "load_backbone": ("embedtag.embeddings.registry", "load_backbone"),
     # the embedding store
-    "open_store": (("embedtag.store",), "open_store"),
-    "EmbeddingStore": (("embedtag.store",), "EmbeddingStore"),
+    "open_store": ("embedtag.store", "open_store"),
+    "EmbeddingStore": ("embedtag.store", "EmbeddingStore"),
     # inputs
-    "load_dataset": (("embedtag.inputs",), "load_dataset"),
-    "resolve_sources": (("embedtag.inputs",), "resolve_sources"),
-    "split_dataset": (("embedtag.inputs",), "split_dataset"),
+    "load_dataset": ("embedtag.inputs", "load_dataset"),
+    "resolve_sources": ("embedtag.inputs", "resolve_sources"),
+    "split_dataset": ("embedtag.inputs", "split_dataset"),
     # heads and predictions
-    "fit_head": (("embedtag.heads",), "fit_head"),
-    "make_head": (("embedtag.heads",), "make_head"),
-    "load_head": (("embedtag.heads",), "load_head"),
-    "load_predictor": (("embedtag.artifacts",), "load_predictor"),
-    "predict_store": (("embedtag.heads",), "predict_store"),
-    "predict_files": (("embedtag.heads",), "predict_files"),
-    "evaluate_head": (("embedtag.heads",), "evaluate_head"),
-    "lwlrap": (("embedtag.metrics",), "lwlrap"),
+    "fit_head": ("embedtag.heads", "fit_head"),
+    "make_head": ("embedtag.heads", "make_head"),
+    "load_head": ("embedtag.heads", "load_head"),
+    "load_predictor": ("embedtag.artifacts", "load_predictor"),
+    "predict_store": ("embedtag.heads", "predict_store"),
+    "predict_files": ("embedtag.heads", "predict_files"),
+    "evaluate_head": ("embedtag.heads", "evaluate_head"),
+    "lwlrap": ("embedtag.metrics", "lwlrap"),
     # tagging over time
-    "predict_frames": (("embedtag.frames",), "predict_frames"),
-    "tag_clip": (("embedtag.frames",), "tag_clip"),
+    "predict_frames": ("embedtag.frames", "predict_frames"),
+    "tag_clip": ("embedtag.frames", "tag_clip"),
     # similar-sound search
-    "build_index": (("embedtag.search",), "build_index"),
-    "SimilarityIndex": (("embedtag.search",), "SimilarityIndex"),
-    "evaluate_index": (("embedtag.search",), "evaluate_index"),
-    "load_index": (("embedtag.search",), "load_index"),
+    "build_index": ("embedtag.search", "build_index"),
+    "SimilarityIndex": ("embedtag.search", "SimilarityIndex"),
+    "evaluate_index": ("embedtag.search", "evaluate_index"),
+    "load_index": ("embedtag.search", "load_index"),
     # fine-tuning (the subpackage; see the module docstring)
-    "finetune": (("embedtag.finetune",), None),
-    "load_finetuned": (("embedtag.finetune",), "load_finetuned"),
+    "finetune": ("embedtag.finetune", None),
+    "load_finetuned": ("embedtag.finetune", "load_finetuned"),
     # errors: every error embedtag raises on purpose is an EmbedtagError
-    **{name: (("embedtag.errors",), name) for name in (
+    **{name: ("embedtag.errors", name) for name in (
         "EmbedtagError", "AudioError", "WeightsError", "ArtifactError", "StoreError", "WrongKindError",
         "IncompatibleError", "DataError", "ParamError")},
 }
@@ -73,21 +72,13 @@ def __getattr__(name: str):
         raise AttributeError(f"module 'embedtag' has no attribute {name!r}")
     import importlib
 
-    modules, attr = _LAZY[name]
-    for i, module_name in enumerate(modules):
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name or i == len(modules) - 1:  # a real missing dependency, not a moved name
-                raise
-            continue
-        if attr is None:
-            return module
-        if hasattr(module, attr) or i == len(modules) - 1:
-            value = getattr(module, attr)
-            globals()[name] = value  # later look-ups skip this function
-            return value
-    raise AttributeError(f"module 'embedtag' has no attribute {name!r}")  # pragma: no cover
+    module_name, attr = _LAZY[name]
+    module = importlib.import_module(module_name)
+    if attr is None:
+        return module
+    value = getattr(module, attr)
+    globals()[name] = value  # later look-ups skip this function
+    return value
 
 
 def __dir__() -> list[str]:

@@ -96,13 +96,14 @@ def _legacy_kind(name: str, meta: dict) -> str | None:
     return None
 
 
-def _load_json(path: Path) -> dict:
+def load_json(path: Path, error: type[ArtifactError] = ArtifactError) -> dict:
+    """A metadata file's JSON object; ``error`` naming the file when it is unreadable or not an object."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ArtifactError(f"{path} is corrupt: {exc}") from None
+        raise error(f"{path} is corrupt: {exc}") from None
     if not isinstance(data, dict):
-        raise ArtifactError(f"{path} is corrupt: expected a JSON object, got {type(data).__name__}")
+        raise error(f"{path} is corrupt: expected a JSON object, got {type(data).__name__}")
     return data
 
 
@@ -116,7 +117,7 @@ def identify(path: str | os.PathLike) -> ArtifactInfo | None:
     for name in ("manifest.json", "config.json"):
         meta_path = path / name
         if meta_path.is_file():
-            meta = _load_json(meta_path)
+            meta = load_json(meta_path)
             kind = _legacy_kind(name, meta)
             if kind is not None:
                 return ArtifactInfo(kind, path, meta_path, meta)

@@ -646,12 +646,7 @@ def read_manifest(path: Path, cls: type[M], format_version: int) -> M:
     a field is missing or of the wrong type, or it is from a newer format than ``format_version``. Shared by
     the store and the similarity index."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise StoreError(f"{path} is corrupt: {exc}") from None
-    if not isinstance(data, dict):
-        raise StoreError(f"{path} is corrupt: expected a JSON object, got {type(data).__name__}")
+    data = artifacts.load_json(path, error=StoreError)
     manifest = artifacts.validated(data, cls, path, error=StoreError)
     version = getattr(manifest, "format_version", 1)
     if version > format_version:

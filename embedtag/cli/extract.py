@@ -110,9 +110,9 @@ def print_summary(summary) -> None:
                                                     if summary.n_retried else ""))
     if summary.n_unstored:
         t.add_row("not stored", f"{summary.n_unstored} of {summary.n_inputs} inputs (rerun to try them again)")
-    if getattr(summary, "n_relabelled", 0):
+    if summary.n_relabelled:
         t.add_row("labels", f"{summary.n_relabelled} stored clips got new labels")
-    if getattr(summary, "ray", None) is not None:
+    if summary.ray is not None:
         t.add_row("ray", summary.ray.describe())
     t.add_row("time", f"{summary.elapsed_s:.1f} s")
     t.add_row("throughput", f"{summary.clips_per_s:.1f} clips/s, {summary.realtime_factor:.0f}x real time")

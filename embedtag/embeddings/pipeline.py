@@ -167,6 +167,20 @@ def _record(acc: _Acc, pooling: str) -> dict:
             "audioset_scores": scores, "labels": d.source.labels}
 
 
+def run_settings(backbone, *, pooling: str, batch_size: int | None, window_s: float | None) -> tuple[int, float]:
+    """The batch size and window length a run uses (None or 0: the backbone's batch, ``DEFAULT_WINDOW_S``), checked
+    against ``backbone``; ParamError otherwise. Shared by both engines and by :func:`extract`."""
+    if pooling not in POOLINGS:
+        raise ParamError(f"unknown pooling {pooling!r}; use one of {', '.join(POOLINGS)}")
+    batch_size = int(batch_size or backbone.default_batch_size)
+    if batch_size < 1:
+        raise ParamError(f"batch_size must be >= 1, got {batch_size}")
+    window_s = float(window_s or DEFAULT_WINDOW_S)
+    if window_s * backbone.sample_rate < 1:
+        raise ParamError(f"window_s={window_s:g} is shorter than one sample at {backbone.sample_rate} Hz")
+    return batch_size, window_s
+
+
 def run(backbone, sources: Sequence[ClipSource], *, on_batch: Callable[[list[dict]], None],
         on_error: Callable[[ClipSource, EmbedtagError], None], batch_size: int | None = None,
         workers: int | None = None, pooling: str = "mean", window_s: float | None = None,
@@ -178,14 +192,7 @@ def run(backbone, sources: Sequence[ClipSource], *, on_batch: Callable[[list[dic
     is decoded while the model runs (memory: at most ``2 * batch_size`` clips of ``STREAM_THRESHOLD_WINDOWS``
     windows; longer clips are streamed).
     """
-    if pooling not in POOLINGS:
-        raise EmbedtagError(f"unknown pooling {pooling!r}; use one of {', '.join(POOLINGS)}")
-    batch_size = int(batch_size or backbone.default_batch_size)
-    if batch_size < 1:
-        raise EmbedtagError(f"batch_size must be >= 1, got {batch_size}")
-    window_s = float(window_s or DEFAULT_WINDOW_S)
-    if window_s * backbone.sample_rate < 1:
-        raise EmbedtagError(f"window_s={window_s} is too short")
+    batch_size, window_s = run_settings(backbone, pooling=pooling, batch_size=batch_size, window_s=window_s)
     workers = default_workers() if workers is None else int(workers)
     if workers < 0:
         raise EmbedtagError(f"workers must be >= 0, got {workers}")
@@ -387,9 +394,7 @@ def extract(src, out: str | os.PathLike, model=None, *, labels=None, weights=Non
     sources = resolve_sources(src, labels, exclude=[out], allow_outside_root=allow_outside_root, limit=limit)
     # with Ray the driver's copy only names the model (the actors load their own): keep it off the GPUs
     backbone = _load(model, weights, "cpu" if engine == "ray" else device)
-    window_s = float(window_s or DEFAULT_WINDOW_S)
-    if window_s * backbone.sample_rate < 1:
-        raise ParamError(f"window_s={window_s:g} is shorter than one sample at {backbone.sample_rate} Hz")
+    _, window_s = run_settings(backbone, pooling=pooling, batch_size=batch_size, window_s=window_s)
     manifest = StoreManifest(
         backbone=backbone.name, embedding_dim=backbone.embedding_dim * (2 if pooling == "meanmax" else 1),
         sample_rate=backbone.sample_rate, pooling=pooling, window_s=window_s,

@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from embedtag.embeddings import audio as A
-from embedtag.embeddings.pipeline import DEFAULT_WINDOW_S, POOLINGS, ClipSource, _Acc, _decode, _Decoded, _record
+from embedtag.embeddings.pipeline import ClipSource, _Acc, _decode, _Decoded, _record, run_settings
 from embedtag.errors import AudioError, EmbedtagError, ParamError, WeightsError
 
 INSTALL_HINT = "pip install 'embedtag[ray]'"
@@ -309,14 +309,7 @@ def run_ray(backbone, sources: Sequence[ClipSource], *, on_batch: Callable[[list
     decoding parallelism is the cluster's CPUs / ``cpus_per_decoder``. ``weights``: the weights path the actors
     use when it exists on their node (default: the driver's). Returns where the work ran.
     """
-    if pooling not in POOLINGS:
-        raise ParamError(f"unknown pooling {pooling!r}; use one of {', '.join(POOLINGS)}")
-    batch_size = int(batch_size or backbone.default_batch_size)
-    if batch_size < 1:
-        raise ParamError(f"batch_size must be >= 1, got {batch_size}")
-    window_s = float(window_s or DEFAULT_WINDOW_S)
-    if window_s * backbone.sample_rate < 1:
-        raise ParamError(f"window_s={window_s} is too short")
+    batch_size, window_s = run_settings(backbone, pooling=pooling, batch_size=batch_size, window_s=window_s)
     gpus_per_actor = float(gpus_per_actor or 0.0)
     cpus_per_decoder = float(cpus_per_decoder if cpus_per_decoder is not None else 1.0)
     if gpus_per_actor < 0 or cpus_per_decoder <= 0 or (actors is not None and int(actors) < 1):

@@ -139,7 +139,7 @@ def read_manifest(directory: str | os.PathLike) -> IndexManifest:
     except WrongKindError as exc:
         mpath = d / MANIFEST_NAME
         if exc.found in (None, artifacts.STORE) and mpath.is_file():
-            meta = artifacts._load_json(mpath)
+            meta = artifacts.load_json(mpath)
             if "index_kind" in meta or "current" in meta:  # an index manifest whose header was edited
                 raise ArtifactError(f"{mpath}: field 'kind' is {meta.get('kind')!r}, expected "
                                     f"{artifacts.INDEX!r}; rebuild the index with `embedtag index build`") from None
