@@ -150,6 +150,24 @@ def top_k_option(default: int | None, help: str) -> typer.Option:
 NOISY_WEIGHT = 0.3
 
 
+# ------------------------------------------------------------------------------------------------ --mode
+class Mode(str, Enum):
+    """``--mode`` of fit-head and finetune: single- or multi-label."""
+
+    auto = "auto"
+    multi = "multi"
+    single = "single"
+
+
+#: ``--mode`` -> the ``multi_label=`` of embedtag.heads.fit_head and embedtag.finetune.finetune
+MULTI_LABEL = {"auto": "auto", "multi": True, "single": False}
+
+
+def mode_option() -> typer.Option:
+    return typer.Option(Mode.auto, "--mode", help="auto (single-label when every clip has exactly one label), multi "
+                                                  "(independent sigmoids) or single (softmax).")
+
+
 # ------------------------------------------------------------------------------------------------ --device
 DEVICES = ("auto", "cpu", "cuda", "cuda:N")
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")

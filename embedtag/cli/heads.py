@@ -10,16 +10,19 @@ import typer
 
 from embedtag.cli import app
 from embedtag.cli._options import (
+    MULTI_LABEL,
     NOISY_WEIGHT,
     OUT_STDOUT,
     QUIET,
     VERBOSE,
     CsvJson,
+    Mode,
     TableJson,
     device_option,
     format_option,
     info,
     log,
+    mode_option,
     setup_logging,
     top_k_option,
     write_output,
@@ -39,12 +42,6 @@ class HeadKind(str, Enum):
 class Confidence(str, Enum):
     weight = "weight"
     drop = "drop"
-
-
-class Mode(str, Enum):
-    auto = "auto"
-    multi = "multi"
-    single = "single"
 
 
 def _parse_params(items: list[str]) -> dict:
@@ -87,7 +84,7 @@ def fit_head_cmd(
     label_smoothing: float | None = typer.Option(None, "--label-smoothing", help="MLP: label smoothing epsilon."),
     confidence: Confidence | None = typer.Option(None, help="Two-stage confidence weighting of noisy clips."),
     confidence_threshold: float = typer.Option(0.5, "--confidence-threshold", help="With --confidence drop."),
-    mode: Mode = typer.Option(Mode.auto, help="auto (from the labels), multi (sigmoid) or single (softmax)."),
+    mode: Mode = mode_option(),
     seed: int = typer.Option(0, min=0, help="Seed of folds and training."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a head already in --out."),
     fmt: TableJson = format_option(TableJson.table, "table, or json: the fit report and the head's metrics."),
@@ -109,7 +106,6 @@ def fit_head_cmd(
         params["bootstrap_beta"] = bootstrap_beta
     if label_smoothing is not None:
         params["label_smoothing"] = label_smoothing
-    modes = {"auto": "auto", "multi": True, "single": False}
     # bad parameters (-p C=1e309 parses as inf), then a store, an index, a run or (without --overwrite) a head
     # in --out: refused before anything is written or trained
     make_head(head, **params)
@@ -117,7 +113,7 @@ def fit_head_cmd(
     fitted, report = fit_head(store, labels, head=head, params=params, noisy_weight=noisy_weight,
                               confidence=None if confidence is None else confidence.value,
                               confidence_threshold=confidence_threshold, folds=folds,
-                              multi_label=modes[mode.value], seed=seed, progress=not quiet)
+                              multi_label=MULTI_LABEL[mode.value], seed=seed, progress=not quiet)
     fitted.save(out, overwrite=True)  # --out was checked above
     if fmt == TableJson.json:
         write_output(json.dumps({"head": str(out), "kind": head, **fitted.metrics}, indent=1, default=str), "-")
