@@ -158,7 +158,8 @@ def test_finetuned_artifact_predicts_ensemble_of_folds(tiny_dataset, tmp_path):
     from embedtag.finetune.data import load_waves
 
     waves = load_waves(paths, 32000)
-    per_fold = [predict_waves([m], waves, model.crop_samples, model.tta_crops, "cpu") for m in model.models]
+    per_fold = [predict_waves([m], waves, model.crop_samples, model.tta_crops, "cpu", softmax=True)
+                for m in model.models]
     np.testing.assert_allclose(probs, np.mean(per_fold, axis=0), atol=1e-5)
     frame = model.predict_files(paths[:2])
     assert list(frame.columns) == ["fname", *CLASSES] and len(frame) == 2
@@ -180,22 +181,31 @@ def test_run_artifact_header_train_clips_and_validation(tiny_dataset, tmp_path):
     run = tmp_path / "run"
     finetune(tiny_dataset, out=run, folds=0, stages=("curated",), epochs=1, progress=False, **TINY)
     cfg = json.loads((run / "config.json").read_text())
-    assert cfg["kind"] == "finetuned-run" and cfg["format_version"] == 1 and cfg["embedtag_version"]
+    assert cfg["kind"] == "finetuned-run" and cfg["format_version"] == 2 and cfg["embedtag_version"]
     assert cfg["created_at"].endswith("Z")
     assert sorted(cfg["train_clip_ids"]) == sorted(tiny_dataset.clip_ids)
     assert not list(run.rglob(".tmp-*")) and not (run / "checkpoint.pt").exists()
     model = artifacts.load_predictor(run, device="cpu")
     assert isinstance(model, FinetunedModel) and model.train_clip_ids == cfg["train_clip_ids"]
-    # a run written before the common header: "kind": "finetuned", no train_clip_ids
-    old = {k: v for k, v in cfg.items() if k not in ("embedtag_version", "created_at", "train_clip_ids")}
-    old["kind"] = "finetuned"
+    # no validation clips (folds=0): no thresholds, and the run says why
+    assert cfg["thresholds"] is None and "no validation clips" in cfg["thresholds_from"] and model.thresholds_ is None
+    # a run written before the common header: "kind": "finetuned", format 1, no train_clip_ids, no "output" (every
+    # format 1 run was trained with sigmoids, even one whose "multi_label" is false)
+    old = {k: v for k, v in cfg.items() if k not in ("embedtag_version", "created_at", "train_clip_ids", "output",
+                                                     "thresholds")}
+    old.update(kind="finetuned", format_version=1)
     (run / "config.json").write_text(json.dumps(old))
-    assert is_finetuned(run) and load_finetuned(run, device="cpu").train_clip_ids is None
+    legacy = load_finetuned(run, device="cpu")
+    assert is_finetuned(run) and legacy.train_clip_ids is None and not legacy.multi_label and not legacy.softmax
+    p = legacy.predict_proba_files(tiny_dataset.paths[:3])
+    assert not np.allclose(p.sum(1), 1, atol=1e-3)  # independent sigmoids
     # hand-edited configs: one line naming the file and the field
     for edit, field in ((lambda c: c.pop("front_end"), "front_end"), (lambda c: c.update(vocabulary="knock"),
                         "vocabulary"), (lambda c: c.update(crop_s="2"), "crop_s"),
                         (lambda c: c["front_end"].update(n_mels="x"), "n_mels"),
-                        (lambda c: c["front_end"].update(bogus=1), "bogus")):
+                        (lambda c: c["front_end"].update(bogus=1), "bogus"),
+                        (lambda c: c.update(thresholds=[0.5]), "thresholds"),
+                        (lambda c: c.update(output="softmax", multi_label=True), "output")):
         bad = json.loads(json.dumps(cfg))
         edit(bad)
         (run / "config.json").write_text(json.dumps(bad))
@@ -244,7 +254,8 @@ def test_cli_finetune_from_labels_csv(tiny_dataset, tmp_path, capsys):
 
 
 def test_predict_and_evaluate_accept_a_finetuned_run(tiny_dataset, tmp_path, capsys):
-    """`embedtag predict` / `evaluate` take a fine-tuned run like any head (it reads the clips' audio)."""
+    """`embedtag predict` / `evaluate` take a fine-tuned run like any head (it reads the clips' audio), with the
+    per-class thresholds the run fitted on its out-of-fold validation predictions."""
     import os
 
     import pandas as pd
@@ -253,7 +264,13 @@ def test_predict_and_evaluate_accept_a_finetuned_run(tiny_dataset, tmp_path, cap
     from embedtag.embeddings.pipeline import extract
 
     run = tmp_path / "run"
-    finetune(tiny_dataset, out=run, folds=0, stages=("curated",), epochs=1, progress=False, **TINY)
+    res = finetune(tiny_dataset, out=run, folds=2, stages=("curated",), epochs=1, progress=False, multi_label=True,
+                   **TINY)
+    cfg = json.loads((run / "config.json").read_text())
+    thresholds = np.array(cfg["thresholds"])
+    assert thresholds.shape == (3,) and np.all((thresholds >= 0.02) & (thresholds <= 0.98))
+    assert res.thresholds == cfg["thresholds"] and "out-of-fold" in cfg["thresholds_from"]
+    assert load_finetuned(run, device="cpu").thresholds_ == cfg["thresholds"]
     data = tmp_path / "data"
     (data / "audio").mkdir(parents=True)
     ids, labels = tiny_dataset.clip_ids[:6], tiny_dataset.labels[:6]
@@ -265,12 +282,133 @@ def test_predict_and_evaluate_accept_a_finetuned_run(tiny_dataset, tmp_path, cap
     assert exc.value.code == 0
     sub = pd.read_csv(tmp_path / "sub.csv")
     assert list(sub.columns) == ["fname", *CLASSES] and sorted(sub.fname) == sorted(ids)
+    # --threshold auto: the labels at or above the run's own thresholds
+    with pytest.raises(SystemExit) as exc:
+        main(["predict", str(run), str(data / "audio"), "--threshold", "auto", "--out", str(tmp_path / "t.csv"),
+              "-q", "--device", "cpu"])
+    assert exc.value.code == 0
+    tagged = pd.read_csv(tmp_path / "t.csv", keep_default_na=False)
+    assert list(tagged.columns) == ["fname", "labels", *CLASSES]
+    P = tagged[list(CLASSES)].to_numpy()
+    want = [",".join(c for c, p, t in zip(CLASSES, row, thresholds) if p >= t) for row in P]
+    assert list(tagged["labels"]) == want
     extract(data, tmp_path / "store", model="yamnet-lite", progress=False)
     capsys.readouterr()
     with pytest.raises(SystemExit) as exc:
         main(["evaluate", str(run), str(tmp_path / "store")])
     assert exc.value.code == 0
     assert "lwlrap" in capsys.readouterr().out
+    # evaluate scores the decisions at the run's thresholds
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate", str(run), str(tmp_path / "store"), "--format", "json", "--device", "cpu"])
+    assert exc.value.code == 0
+    ev = json.loads(capsys.readouterr().out)
+    assert ev["thresholds"].startswith("per class")
+    assert [r["threshold"] for r in ev["per_class"]] == pytest.approx(cfg["thresholds"])
+    assert 0 <= ev["micro_f1"] <= 1
     with pytest.raises(SystemExit) as exc:  # a fine-tuned run cannot read a store's embeddings
         main(["predict", str(run), str(tmp_path / "store"), "--out", str(tmp_path / "x.csv")])
     assert exc.value.code == 1
+
+
+def test_single_label_run_outputs_a_softmax_and_skips_the_noisy_stage(tiny_dataset, tmp_path, capsys):
+    """Every clip one label: a softmax (rows sum to 1), stated in config.json; no noisy clips: no noisy stage,
+    though the default stages ask for one. ``--threshold auto`` of a single-label run answers its top label."""
+    import pandas as pd
+
+    from embedtag.cli import main
+
+    curated = replace(tiny_dataset, subsets=["curated"] * len(tiny_dataset))
+    run = tmp_path / "single"
+    res = finetune(curated, out=run, folds=2, epochs=1, progress=False, **TINY)  # stages: noisy, curated
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["multi_label"] is False and cfg["output"] == "softmax" and not res.multi_label
+    assert cfg["train"]["stages"] == ["curated"] and cfg["skipped_stages"] == ["noisy"]
+    assert {r["stage"] for r in res.history} == {"curated"} and len(res.history) == 2  # 2 folds x 1 epoch
+    with open(run / "log.csv") as f:
+        assert {r["stage"] for r in csv.DictReader(f)} == {"curated"}
+    model = load_finetuned(run, device="cpu")
+    probs = model.predict_proba_files(curated.paths[:4])
+    np.testing.assert_allclose(probs.sum(1), 1, atol=1e-5)
+    oof = pd.read_csv(run / "oof.csv")  # the validation predictions are the softmax too
+    np.testing.assert_allclose(oof[list(CLASSES)].sum(1), 1, atol=1e-4)
+    assert len(cfg["thresholds"]) == 3
+    with pytest.raises(SystemExit) as exc:
+        main(["predict", str(run), *map(str, curated.paths[:4]), "--threshold", "auto", "-q", "--device", "cpu"])
+    assert exc.value.code == 0
+    out = pd.read_csv(__import__("io").StringIO(capsys.readouterr().out))
+    assert list(out["labels"]) == [CLASSES[j] for j in probs.argmax(1)]
+    # tagging over time (frames, tag_clip; what serve runs) reads the same softmax, and answers the top label
+    from embedtag.frames import make_scorer, predict_frames, tag_clip
+
+    frames = predict_frames(model, curated.paths[0], window_s=0.4)
+    assert len(frames) >= 2
+    np.testing.assert_allclose(frames[list(CLASSES)].sum(1), 1, atol=1e-5)
+    tags = tag_clip(model, curated.paths[0], k=3)
+    assert tags["labels"] == [tags["tags"][0]["label"]] and sum(t["score"] for t in tags["tags"]) == pytest.approx(1)
+    assert not make_scorer(model).multi_label
+
+    # the same clips, multi-label by the user's choice: independent sigmoids
+    multi = finetune(curated, out=tmp_path / "multi", folds=0, stages=("curated",), epochs=1, progress=False,
+                     multi_label=True, **TINY)
+    assert multi.config["multi_label"] is True and multi.config["output"] == "sigmoid"
+    p = load_finetuned(tmp_path / "multi", device="cpu").predict_proba_files(curated.paths[:4])
+    assert not np.allclose(p.sum(1), 1, atol=1e-3)
+    # single-label asked of clips with two labels: refused before any training
+    two = replace(curated, labels=[["knock", "phone"]] + curated.labels[1:])
+    with pytest.raises(ParamError, match="exactly one label"):
+        finetune(two, out=tmp_path / "two", folds=0, epochs=1, progress=False, multi_label=False, **TINY)
+    assert not (tmp_path / "two" / "config.json").exists()
+
+
+def _labelled_copy(tiny_dataset, root, corrupt: int):
+    """A dataset folder (labels.csv + audio/) of the 9 curated tiny clips, the first ``corrupt`` of them replaced
+    by junk bytes."""
+    import os
+
+    (root / "audio").mkdir(parents=True)
+    curated = [i for i, sub in enumerate(tiny_dataset.subsets) if sub != "noisy"]
+    with open(root / "labels.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["fname", "labels"])
+        for n, i in enumerate(curated):
+            cid, path, lab = tiny_dataset.clip_ids[i], tiny_dataset.paths[i], tiny_dataset.labels[i]
+            if n < corrupt:
+                (root / "audio" / cid).write_bytes(b"RIFF\x00\x00not audio at all" * 10)
+            else:
+                os.symlink(path, root / "audio" / cid)
+            w.writerow([cid, ",".join(lab)])
+    return root
+
+
+def test_unreadable_training_file_is_recorded_and_training_goes_on(tiny_dataset, tmp_path, capsys):
+    from embedtag.cli import main
+    from embedtag.errors import DataError
+
+    data = _labelled_copy(tiny_dataset, tmp_path / "data", corrupt=1)
+    bad = tiny_dataset.clip_ids[0]
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit) as exc:
+        main(["finetune", str(data), "--folds", "0", "--stages", "curated", "--epochs", "1", "--batch-size", "4",
+              "--crop-s", "1", "-p", "tta_crops=1", "--out", str(run), "-q", "--device", "cpu", "--threads", "1",
+              "--format", "json"])
+    assert exc.value.code == 3  # finished, but not with every input (as extract)
+    io = capsys.readouterr()
+    summary = json.loads(io.out.strip().splitlines()[-1])
+    assert [u["clip_id"] for u in summary["unreadable"]] == [bad]
+    assert bad in io.err and "failed" in io.err
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["unreadable"][0]["clip_id"] == bad and cfg["unreadable"][0]["reason"]
+    assert bad not in cfg["train_clip_ids"] and len(cfg["train_clip_ids"]) == 8
+    assert load_finetuned(run, device="cpu").predict_proba_files(tiny_dataset.paths[1:2]).shape == (1, 3)
+    # predicting on the unreadable file too: the others are predicted, it is named, exit 3
+    with pytest.raises(SystemExit) as exc:
+        main(["predict", str(run), str(data / "audio"), "-q", "--device", "cpu"])
+    assert exc.value.code == 3
+    io = capsys.readouterr()
+    assert bad in io.err and bad not in io.out and len(io.out.strip().splitlines()) == 1 + 8
+    # too few readable clips left: one line naming the first bad file, nothing trained
+    few = _labelled_copy(tiny_dataset, tmp_path / "few", corrupt=8)
+    with pytest.raises(DataError, match=r"unreadable .*first: .*; 1 curated clips are left.* at least 2") as err:
+        finetune(str(few), out=tmp_path / "few_run", folds=2, epochs=1, progress=False, **TINY)
+    assert "\n" not in str(err.value) and not (tmp_path / "few_run" / "config.json").exists()

@@ -11,12 +11,15 @@ import typer
 from embedtag.cli import app
 from embedtag.cli._options import (
     BACKBONE_ALIAS,
+    MULTI_LABEL,
     NOISY_WEIGHT,
     QUIET,
     VERBOSE,
+    Mode,
     TableJson,
     device_option,
     format_option,
+    mode_option,
     model_option,
     setup_logging,
     write_output,
@@ -52,8 +55,9 @@ def finetune(
     backbone: str | None = BACKBONE_ALIAS,
     labels: Path | None = typer.Option(None, help="fname,labels CSV (file names relative to DATA) or dataset "
                                                   "folder."),
-    stages: str = typer.Option("noisy,curated", help="Training stages in order: noisy (curated + noisy clips), "
-                                                     "curated (curated only)."),
+    stages: str = typer.Option("noisy,curated", help="Training stages in order: noisy (curated + noisy clips; "
+                                                     "not run when there are no noisy clips), curated (curated "
+                                                     "only)."),
     folds: int = typer.Option(5, min=0, help="K-fold cross-validation (out-of-fold lwlrap, one model per fold, "
                                              "ensembled at predict time); 0: one model on all clips."),
     epochs: str = typer.Option("10", help="Epochs per stage: one number, or one per stage (e.g. 4,6)."),
@@ -67,6 +71,7 @@ def finetune(
                                        help="Loss weight of noisy-subset clips (the same default as fit-head)."),
     patience: int = typer.Option(3, min=0, help="Early stopping: epochs without a better validation lwlrap "
                                                 "(0: never)."),
+    mode: Mode = mode_option(),
     seed: int = typer.Option(0, min=0, help="Seed of folds, crops and initialisation."),
     param: list[str] = typer.Option([], "--param", "-p", help="Any other setting KEY=VALUE (JSON values), e.g. "
                                                               "-p mixup_alpha=0.4 -p tta_crops=5."),
@@ -79,7 +84,11 @@ def finetune(
     verbose: bool = VERBOSE,
 ) -> None:
     """Fine-tune an AudioSet-pretrained CNN on labelled audio (K-fold, noisy-then-curated stages) into a run
-    directory (fold weights, config.json, log.csv, training.png) that embedtag.finetune.load_finetuned loads."""
+    directory (fold weights, config.json, log.csv, training.png) that embedtag.finetune.load_finetuned loads.
+
+    Per-class decision thresholds come from the out-of-fold validation predictions (`predict RUN --threshold
+    auto`; none with --folds 0). Unreadable training files are left out and listed; exit code: 0 every file was
+    used, 3 the run finished without some unreadable files, 1 error, 2 a bad option."""
     setup_logging(quiet, verbose)
     from embedtag.cli._options import resolve_model
     from embedtag.cli.heads import _parse_params
@@ -92,11 +101,33 @@ def finetune(
     result = run(str(data), backbone=model, labels=None if labels is None else str(labels), out=out,
                  stages=tuple(s.strip() for s in stages.split(",") if s.strip()), folds=folds,
                  epochs=_int_list(epochs, "epochs"), resume=resume, device=device, weights=weights,
-                 progress=not quiet, threads=threads, **params)
-    summary = {"run": str(result.path), "cv_lwlrap": result.cv_lwlrap, "fold_lwlrap": result.fold_lwlrap}
+                 progress=not quiet, threads=threads, multi_label=MULTI_LABEL[mode.value], **params)
+    cfg = result.config
+    summary = {"run": str(result.path), "cv_lwlrap": result.cv_lwlrap, "fold_lwlrap": result.fold_lwlrap,
+               "multi_label": result.multi_label, "stages": cfg.get("train", {}).get("stages"),
+               "thresholds": cfg.get("thresholds_from"), "threshold_metrics": cfg.get("threshold_metrics"),
+               "unreadable": [{"clip_id": c, "reason": r} for c, r in result.failures]}
     if fmt == TableJson.json:
         write_output(json.dumps(summary), "-")
-        return
-    typer.echo(f"{result.path}: " + (f"out-of-fold lwlrap {result.cv_lwlrap:.4f} "
-                                     f"(folds: {', '.join(f'{s:.3f}' for s in result.fold_lwlrap)})"
-                                     if result.cv_lwlrap is not None else "trained on every clip (no validation)"))
+    else:
+        mode_text = "multi-label" if result.multi_label else "single-label (softmax)"
+        typer.echo(f"{result.path}: {mode_text}, " + (
+            f"out-of-fold lwlrap {result.cv_lwlrap:.4f} (folds: {', '.join(f'{s:.3f}' for s in result.fold_lwlrap)})"
+            if result.cv_lwlrap is not None else "trained on every clip (no validation)"))
+        tm = cfg.get("threshold_metrics")
+        typer.echo(f"thresholds: {cfg.get('thresholds_from')}"
+                   + (f"; out-of-fold F1 micro {tm['micro_f1']:.4f}, macro {tm['macro_f1']:.4f}" if tm else ""))
+    if result.failures:  # the run used the readable files; say which were not, and exit 3 as extract does
+        from rich.console import Console
+        from rich.markup import escape
+
+        from embedtag.cli.extract import EXIT_FAILURES
+
+        err = Console(stderr=True)
+        err.print(f"{len(result.failures)} unreadable training file(s) left out:", highlight=False)
+        for clip_id, reason in result.failures[:20]:
+            err.print(f"  [red]failed[/] {escape(clip_id)}: {escape(reason)}", highlight=False, soft_wrap=True)
+        if len(result.failures) > 20:
+            err.print(f"  ... and {len(result.failures) - 20} more (see the run's config.json, \"unreadable\")",
+                      highlight=False)
+        raise typer.Exit(EXIT_FAILURES)

@@ -18,9 +18,11 @@ class FinetuneConfig:
 
     Stage ``"noisy"`` trains on curated + noisy clips (curated ones repeated ``curated_oversample`` times per epoch,
     noisy ones down-weighted by ``noisy_weight`` or trained with the soft-bootstrapping loss Lsoft); stage
-    ``"curated"`` then trains on curated clips only. Each stage has its own AdamW optimiser and a linear warm-up
-    (``warmup_frac`` of its steps) followed by cosine decay. The new output layer learns at ``lr``; each layer
-    below it at ``layer_decay`` times the layer above (the pretrained stem gets ~``layer_decay ** 18``)."""
+    ``"curated"`` then trains on curated clips only (a dataset without noisy clips runs no stage ``"noisy"``:
+    :func:`~embedtag.finetune.finetune` drops it, keeping the other stages' epochs). Each stage has its own
+    AdamW optimiser and a linear warm-up (``warmup_frac`` of its steps) followed by cosine decay. The new output
+    layer learns at ``lr``; each layer below it at ``layer_decay`` times the layer above (the pretrained stem gets
+    ~``layer_decay ** 18``)."""
 
     backbone: str = "efficientat-mn04"
     stages: tuple[str, ...] = STAGES

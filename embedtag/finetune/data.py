@@ -16,16 +16,30 @@ def resolve_dataset(data, labels=None) -> Dataset:
     return dataset_for_audio(data, labels=labels)
 
 
-def load_waves(paths, sample_rate: int, progress: bool = False) -> list[np.ndarray]:
-    """Decode and resample every file (AudioError names the bad one)."""
+def load_waves(paths, sample_rate: int, progress: bool = False, on_error=None) -> list[np.ndarray | None]:
+    """Decode and resample every file. Without ``on_error`` the first unreadable file raises (AudioError naming
+    it); with ``on_error(i, exc)`` it is reported there, its entry is None, and the other files are still read
+    (as ``extract`` records a bad file and goes on)."""
     from embedtag.embeddings.audio import load_audio
+    from embedtag.errors import AudioError, EmbedtagError
 
     items = list(paths)
     if progress:
         from rich.progress import track
 
         items = track(items, description="decoding audio", transient=True)
-    return [load_audio(p, sample_rate)[0] for p in items]
+    out: list[np.ndarray | None] = []
+    for i, p in enumerate(items):
+        try:
+            out.append(load_audio(p, sample_rate)[0])
+        except Exception as exc:
+            if on_error is None:
+                raise
+            if not isinstance(exc, EmbedtagError):  # an unexpected decoder failure is still one bad file
+                exc = AudioError(p, f"{type(exc).__name__}: {exc}")
+            on_error(i, exc)
+            out.append(None)
+    return out
 
 
 def train_crop(wave: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:

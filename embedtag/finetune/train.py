@@ -1,5 +1,10 @@
 """K-fold, two-stage (noisy then curated) fine-tuning of a pretrained AudioSet CNN, resumable at epoch ends.
 
+Single-label data (every clip exactly one label, or ``multi_label=False``) trains a softmax with cross-entropy,
+multi-label data independent sigmoids with binary cross-entropy, as heads do; the run says which
+(``multi_label``, ``output``) and predicts accordingly. A dataset without noisy clips runs no "noisy" stage.
+Unreadable training files are recorded (``unreadable`` in config.json) and left out, as ``extract`` does.
+
 Repeatability: every random draw of a training step (crop offsets, mixup, SpecAugment masks, dropout) comes from
 a generator seeded with ``(seed, fold, stage, epoch, step)``, and the batch order of an epoch from
 ``(seed, fold, stage, epoch)``. A checkpoint written atomically after each epoch holds the weights, the optimiser
@@ -40,6 +45,17 @@ class FinetuneResult:
     fold_lwlrap: list[float]
     history: list[dict] = field(default_factory=list)
     config: dict = field(default_factory=dict)
+    #: training files that could not be read, ``(clip_id, reason)``; the run trained on the others
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def multi_label(self) -> bool:
+        return bool(self.config.get("multi_label", True))
+
+    @property
+    def thresholds(self) -> list[float] | None:
+        """Per-class thresholds from the validation predictions (None: the run had no validation clips)."""
+        return self.config.get("thresholds")
 
 
 # --------------------------------------------------------------------------------------------- file helpers
@@ -115,6 +131,30 @@ def _spec_augment(mel, cfg: FinetuneConfig, rng: np.random.Generator):
     return mel.masked_fill(torch.from_numpy(mask).to(mel.device), 0.0)
 
 
+def _resolve_multi_label(multi_label, Y: np.ndarray) -> bool:
+    """``"auto"``: single-label when every clip has exactly one label (as :func:`embedtag.heads.fit_head`)."""
+    from embedtag.heads.base import ParamError
+
+    if multi_label == "auto":
+        return bool((Y.sum(1) != 1).any())
+    if not isinstance(multi_label, bool):
+        raise ParamError(f"invalid multi_label={multi_label!r}: expected True, False or 'auto'")
+    if not multi_label and not np.all(Y.sum(1) == 1):
+        raise ParamError("single-label mode needs exactly one label per clip; use multi_label=True (--mode multi)")
+    return multi_label
+
+
+def _without_noisy_stage(cfg: FinetuneConfig) -> FinetuneConfig:
+    """The settings for a dataset without noisy clips: stage "noisy" would only repeat the curated clips, so it
+    is dropped (a run of stage "noisy" alone becomes one of stage "curated" with its epochs)."""
+    from dataclasses import replace
+
+    kept = [(s, e) for s, e in zip(cfg.stages, cfg.epochs) if s != "noisy"]
+    if not kept:
+        kept = [("curated", cfg.epochs[0])]
+    return replace(cfg, stages=tuple(s for s, _ in kept), epochs=tuple(e for _, e in kept))
+
+
 def _epoch_items(stage: str, train_idx: np.ndarray, noisy: np.ndarray, cfg: FinetuneConfig) -> np.ndarray:
     cur = train_idx[~noisy[train_idx]]
     if stage == "curated":
@@ -148,13 +188,18 @@ def _plot(history: list[dict], path: Path) -> None:
 def finetune(data, backbone: str = "efficientat-mn04", labels=None, out: str | os.PathLike = "finetune_run", *,
              stages=("noisy", "curated"), folds: int = 5, epochs=10, resume: bool = False, device: str = "auto",
              weights: str | os.PathLike | None = None, progress: bool = True, threads: int | None = None,
-             on_step: Callable[[int, int, int, int], None] | None = None, **params) -> FinetuneResult:
+             on_step: Callable[[int, int, int, int], None] | None = None, multi_label: bool | str = "auto",
+             **params) -> FinetuneResult:
     """Fine-tune ``backbone`` on a labelled dataset and write a run directory ``out`` (see
     :mod:`embedtag.finetune.artifact` for its layout); returns the cross-validated (out-of-fold) lwlrap.
 
     ``data``: dataset folder/CSV (``embedtag.datasets.load_dataset``), or the audio folder when ``labels`` is a
     fname,labels CSV. Clips of subset ``"noisy"`` train in stage ``"noisy"`` only and are never validated on;
-    ``"test"`` clips and unlabelled clips are ignored. ``params`` are :class:`FinetuneConfig` fields.
+    without any, stage ``"noisy"`` is not run. ``"test"`` clips and unlabelled clips are ignored; unreadable
+    files are left out and listed in ``result.failures`` (DataError when too few readable clips remain).
+    ``multi_label``: ``"auto"`` (single-label, a softmax, when every clip has exactly one label), True or False.
+    Per-class decision thresholds are fitted on the out-of-fold validation predictions (none with ``folds=0``)
+    and stored in the run. ``params`` are :class:`FinetuneConfig` fields.
     ``resume=True`` continues an interrupted run in ``out`` from its last completed epoch (same settings and data
     required). ``threads`` caps torch's CPU threads for the run (on a shared machine 1 avoids oversubscription).
     ``on_step(fold, stage_index, epoch, step)`` is called after every optimiser step."""
@@ -162,7 +207,7 @@ def finetune(data, backbone: str = "efficientat-mn04", labels=None, out: str | o
 
     if threads is None:
         return _finetune(data, backbone, labels, out, stages, folds, epochs, resume, device, weights, progress,
-                         on_step, params)
+                         on_step, multi_label, params)
     if not (isinstance(threads, int) and threads >= 1):
         from embedtag.heads.base import ParamError
 
@@ -171,13 +216,13 @@ def finetune(data, backbone: str = "efficientat-mn04", labels=None, out: str | o
     torch.set_num_threads(threads)
     try:
         return _finetune(data, backbone, labels, out, stages, folds, epochs, resume, device, weights, progress,
-                         on_step, params)
+                         on_step, multi_label, params)
     finally:
         torch.set_num_threads(before)
 
 
 def _finetune(data, backbone, labels, out, stages, folds, epochs, resume, device, weights, progress, on_step,
-              params) -> FinetuneResult:
+              multi_label, params) -> FinetuneResult:
     import torch
     from safetensors.torch import load_file
 
@@ -199,7 +244,14 @@ def _finetune(data, backbone, labels, out, stages, folds, epochs, resume, device
     ds = resolve_dataset(data, labels)
     ds = ds.select([i for i, (lab, sub) in enumerate(zip(ds.labels, ds.subsets)) if lab and sub != "test"])
     check_trainable(ds)
-    identity = {"config": cfg.as_dict(), "dataset": _dataset_fingerprint(ds), "vocabulary": ds.vocabulary}
+    multi_label = _resolve_multi_label(multi_label, ds.multi_hot())
+    if "noisy" in cfg.stages and "noisy" not in ds.subsets:
+        cfg = _without_noisy_stage(cfg)
+        skipped = ["noisy"]
+    else:
+        skipped = []
+    identity = {"config": cfg.as_dict(), "dataset": _dataset_fingerprint(ds), "vocabulary": ds.vocabulary,
+                "multi_label": multi_label}
 
     ck_path, run_path = out / "checkpoint.pt", out / "run.json"
     ck = None
@@ -207,20 +259,31 @@ def _finetune(data, backbone, labels, out, stages, folds, epochs, resume, device
         if not resume:
             raise EmbedtagError(f"{out}: already holds a finished run; choose another --out")
         done = json.loads((out / "config.json").read_text())
-        if done.get("identity") != identity:
+        if done.get("identity") != json.loads(json.dumps(identity)):
             raise IncompatibleError(f"{out}: the finished run there used other settings or data")
         return FinetuneResult(out, done.get("cv_lwlrap"), done.get("fold_lwlrap", []), _read_log(out / "log.csv"),
-                              done)
+                              done, [(u["clip_id"], u["reason"]) for u in done.get("unreadable", [])])
+    started = None  # run.json of the interrupted run: its identity, and the files it found unreadable
     if ck_path.exists() or run_path.exists():
         if not resume:
             raise EmbedtagError(f"{out}: holds an unfinished run; pass --resume to continue it or choose another --out")
-        if not run_path.exists() or json.loads(run_path.read_text()) != json.loads(json.dumps(identity)):
+        started = json.loads(run_path.read_text()) if run_path.exists() else None
+        if started is None or {k: v for k, v in started.items() if k != "unreadable"} != json.loads(
+                json.dumps(identity)):
             raise IncompatibleError(f"{out}: the interrupted run there used other settings or data; --resume needs "
                                     "the same ones (see its run.json)")
         if ck_path.exists():
             ck = _load_checkpoint(ck_path)
     out.mkdir(parents=True, exist_ok=True)
-    _write_json(run_path, identity)
+    _write_json(run_path, identity if started is None else started)
+
+    console = None
+    if progress:
+        from rich.console import Console
+
+        console = Console(stderr=True)
+        if skipped:
+            console.print("no noisy clips: stage noisy is not run", highlight=False)
 
     dev = resolve_device(device)
     cuda = dev.startswith("cuda")
@@ -228,7 +291,31 @@ def _finetune(data, backbone, labels, out, stages, folds, epochs, resume, device
     weights_path = resolve(spec.weights, weights)
     sr = spec.sample_rate
     crop_n = int(round(cfg.crop_s * sr))
-    waves = load_waves(ds.paths, sr, progress=progress)
+    from embedtag.inputs import safe_text
+
+    failures: list[tuple[str, str]] = []
+
+    def unreadable(i: int, exc) -> None:  # recorded with its reason; training goes on with the readable clips
+        failures.append((ds.clip_ids[i], safe_text(getattr(exc, "reason", None) or str(exc))))
+
+    waves = load_waves(ds.paths, sr, progress=progress, on_error=unreadable)
+    if failures:
+        readable = [i for i, w in enumerate(waves) if w is not None]
+        n_all, ds, waves = len(ds), ds.select(readable), [waves[i] for i in readable]
+        cid, why = failures[0]
+        need = max(2, cfg.folds)
+        n_cur = sum(s != "noisy" for s in ds.subsets)
+        if n_cur < need:
+            raise DataError(f"dataset {ds.root}: {len(failures)} of {n_all} training files are unreadable (first: "
+                            f"{cid}: {why}); {n_cur} curated clips are left, fine-tuning needs at least {need}")
+        if console is not None:
+            console.print(f"[yellow]{len(failures)} of {n_all} training files are unreadable and left out "
+                          f"(first: {cid}: {why})[/]", highlight=False, soft_wrap=True)
+    unreadable_ids = [{"clip_id": c, "reason": r} for c, r in failures]
+    if ck is not None and started is not None and started.get("unreadable", unreadable_ids) != unreadable_ids:
+        raise IncompatibleError(f"{out}: the files that cannot be read are not those the interrupted run left out "
+                                "(see its run.json); --resume needs the same clips")
+    _write_json(run_path, {**identity, "unreadable": unreadable_ids})
     Y = ds.multi_hot()
     noisy = np.array([s == "noisy" for s in ds.subsets], bool)
     curated_idx = np.flatnonzero(~noisy)
@@ -248,12 +335,6 @@ def _finetune(data, backbone, labels, out, stages, folds, epochs, resume, device
         if len(o["index"]):
             oof[o["index"].numpy()] = o["probs"].numpy()
             fold_scores.append(lwlrap(Y[o["index"].numpy()], o["probs"].numpy()))
-
-    console = None
-    if progress:
-        from rich.console import Console
-
-        console = Console(stderr=True)
 
     for k in range(start_fold, n_folds):
         fold_dir = out / f"fold{k}"
@@ -309,7 +390,8 @@ def _finetune(data, backbone, labels, out, stages, folds, epochs, resume, device
                         f = _lr_factor(epoch * steps + step, total, cfg.warmup_frac)
                         for g in opt.param_groups:
                             g["lr"] = g["base_lr"] * f
-                        loss = _train_step(model, opt, scaler, waves, Y, noisy, idx, crop_n, cfg, rng, dev, train_crop)
+                        loss = _train_step(model, opt, scaler, waves, Y, noisy, idx, crop_n, cfg, rng, dev, train_crop,
+                                           multi_label)
                         loss_sum += loss * len(idx)
                         seen += len(idx)
                         if bar is not None:
@@ -323,7 +405,7 @@ def _finetune(data, backbone, labels, out, stages, folds, epochs, resume, device
                 val = float("nan")
                 if len(val_idx):
                     p = predict_waves([model], [waves[i] for i in val_idx], crop_n, cfg.tta_crops, dev,
-                                      cfg.batch_size)
+                                      cfg.batch_size, softmax=not multi_label)
                     val = lwlrap(Y[val_idx], p)
                     if val > best:
                         best, bad = val, 0
@@ -352,7 +434,8 @@ def _finetune(data, backbone, labels, out, stages, folds, epochs, resume, device
         here = None
 
         _save_safetensors(model.state_dict(), fold_dir / "model.safetensors")
-        probs = (predict_waves([model], [waves[i] for i in val_idx], crop_n, cfg.tta_crops, dev, cfg.batch_size)
+        probs = (predict_waves([model], [waves[i] for i in val_idx], crop_n, cfg.tta_crops, dev, cfg.batch_size,
+                               softmax=not multi_label)
                  if len(val_idx) else np.zeros((0, len(ds.vocabulary)), np.float32))
         _save_safetensors({"index": torch.from_numpy(val_idx.astype(np.int64)), "probs": torch.from_numpy(probs)},
                           fold_dir / "oof.safetensors")
@@ -366,6 +449,18 @@ def _finetune(data, backbone, labels, out, stages, folds, epochs, resume, device
 
     scored = ~np.isnan(oof[:, 0])
     cv = lwlrap(Y[scored], oof[scored]) if scored.any() else None
+    # decision thresholds as a head's (embedtag.heads.thresholds), on the only predictions of clips a fold did not
+    # train on: the out-of-fold validation ones. Without validation clips there is nothing honest to fit them on.
+    thresholds, threshold_metrics_ = None, None
+    if scored.any():
+        from embedtag.heads.thresholds import decide, fit_thresholds, threshold_metrics
+
+        thresholds = [float(t) for t in fit_thresholds(Y[scored], oof[scored])]
+        m = threshold_metrics(Y[scored], decide(oof[scored], thresholds, multi_label))
+        threshold_metrics_ = {k: m[k] for k in ("micro_precision", "micro_recall", "micro_f1", "macro_f1")}
+        thresholds_from = f"out-of-fold validation predictions of {int(scored.sum())} curated clips ({n_folds} folds)"
+    else:
+        thresholds_from = "none: the run has no validation clips (folds=0); --threshold auto uses 0.5"
     _write_log(out / "log.csv", history)
     if history:
         _plot(history, out / "training.png")
@@ -380,19 +475,22 @@ def _finetune(data, backbone, labels, out, stages, folds, epochs, resume, device
     config = {
         **artifacts.header(artifacts.RUN, FORMAT_VERSION), "backbone": cfg.backbone,
         "width_mult": spec.options.get("width_mult", 0.4), "vocabulary": list(ds.vocabulary),
-        "multi_label": ds.is_multi_label, "front_end": model.front_end.config.as_dict(), "crop_s": cfg.crop_s,
+        "multi_label": multi_label, "output": "sigmoid" if multi_label else "softmax", "thresholds": thresholds,
+        "thresholds_from": thresholds_from, "threshold_metrics": threshold_metrics_,
+        "front_end": model.front_end.config.as_dict(), "crop_s": cfg.crop_s,
         "tta_crops": cfg.tta_crops, "models": [f"fold{k}/model.safetensors" for k in range(n_folds)],
         "cv_lwlrap": cv, "fold_lwlrap": fold_scores, "train": cfg.as_dict(), "identity": identity,
         "dataset": str(ds.root), "clips": {"curated": int((~noisy).sum()), "noisy": int(noisy.sum())},
-        "train_clip_ids": list(ds.clip_ids),
+        "skipped_stages": skipped, "unreadable": unreadable_ids, "train_clip_ids": list(ds.clip_ids),
         "pretrained_weights_sha256": fingerprint(weights_path), "device": dev, "note": PRETRAINING_NOTE,
     }
     _write_json(out / "config.json", config)
     ck_path.unlink(missing_ok=True)
-    return FinetuneResult(out, cv, fold_scores, history, config)
+    return FinetuneResult(out, cv, fold_scores, history, config, failures)
 
 
-def _train_step(model, opt, scaler, waves, Y, noisy, idx, crop_n, cfg, rng, dev, train_crop) -> float:
+def _train_step(model, opt, scaler, waves, Y, noisy, idx, crop_n, cfg, rng, dev, train_crop,
+                multi_label: bool = True) -> float:
     import torch
     import torch.nn.functional as F
 
@@ -418,8 +516,13 @@ def _train_step(model, opt, scaler, waves, Y, noisy, idx, crop_n, cfg, rng, dev,
     if cfg.noisy_loss == "lsoft":
         # soft bootstrapping: noisy targets move toward the model's own belief by (1 - beta)
         keep = (nz * (1 - cfg.lsoft_beta))[:, None]
-        y = y * (1 - keep) + keep * torch.sigmoid(logits).detach()
-    loss = (F.binary_cross_entropy_with_logits(logits, y, reduction="none").mean(1) * w).mean()
+        belief = torch.sigmoid(logits) if multi_label else torch.softmax(logits, 1)
+        y = y * (1 - keep) + keep * belief.detach()
+    if multi_label:
+        per_clip = F.binary_cross_entropy_with_logits(logits, y, reduction="none").mean(1)
+    else:  # one class per clip: softmax cross-entropy (soft targets after mixup / Lsoft still sum to 1)
+        per_clip = -(y * F.log_softmax(logits, 1)).sum(1)
+    loss = (per_clip * w).mean()
     if not torch.isfinite(loss):
         raise EmbedtagError("fine-tuning diverged (non-finite loss); lower --lr")
     opt.zero_grad(set_to_none=True)
