@@ -464,8 +464,9 @@ def run_reports(shared: Path, reports_dir: Path, backbones: list[str], heads: st
                 "lwlrap": h["best"]["lwlrap"] if ok else None, "accuracy": h["best"].get("accuracy") if ok else None,
                 "prior lwlrap": h["baselines"]["prior"] if ok else None,
                 "zero-shot lwlrap": h["baselines"]["zero_shot"] if ok else None,
-                "logreg lwlrap": next((x["lwlrap"] for x in h.get("rows", []) if x["head"] == "logreg"), None),
-                "mlp lwlrap": next((x["lwlrap"] for x in h.get("rows", []) if x["head"] == "mlp"), None),
+                # every head's own column (auto beside the single heads it chooses among)
+                **{f"{hd} lwlrap": next((x["lwlrap"] for x in h.get("rows", []) if x["head"] == hd), None)
+                   for hd in heads.split(",")},
                 "P@5": p5, "extract clips/s": ext.get("clips_per_s"), "peak RSS MiB": r["resources"]["peak_rss_mib"],
                 "flagged clips": sum(r["profile"].get("flag_counts", {}).values()) if r["profile"].get("status") == "ok"
                 else None})
@@ -497,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--list", action="store_true", help="list the scripts and exit")
     ap.add_argument("--shared", type=Path, default=REPO.parent / "shared", help="real assets (benchmark_reports)")
     ap.add_argument("--backbones", default="yamnet,efficientat-mn04", help="benchmark_reports: backbones")
-    ap.add_argument("--heads", default="logreg,mlp", help="benchmark_reports: heads")
+    ap.add_argument("--heads", default="logreg,mlp,auto", help="benchmark_reports: heads")
     ap.add_argument("--folds", type=int, default=5, help="benchmark_reports: folds")
     ap.add_argument("--reports-dir", type=Path, default=Path("/tmp/embedtag_benchmark_reports"),
                     help="benchmark_reports: where the full reports go")

@@ -22,9 +22,17 @@ from pathlib import Path
 import numpy as np
 
 from embedtag.errors import DataError, EmbedtagError
-from embedtag.report import machine_info, not_run, peak_rss_mib, utc_now, versions, write_report
+from embedtag.report import (
+    classification_diagnostics,
+    machine_info,
+    not_run,
+    peak_rss_mib,
+    utc_now,
+    versions,
+    write_report,
+)
 
-__all__ = ["run_benchmark", "resolve_dataset", "MissingDatasetError", "KNOWN_DATASETS", "STRATEGIES",
+__all__ = ["run_benchmark", "resolve_dataset", "MissingDatasetError", "KNOWN_DATASETS", "STRATEGIES", "DEFAULT_HEADS",
            "data_home"]
 
 
@@ -66,6 +74,9 @@ STRATEGIES: dict[str, tuple[dict, dict, tuple | None]] = {
     "Lsoft (beta 0.7)": ({"noisy_weight": 1.0}, {"bootstrap_beta": 0.7}, ("mlp",)),
     "label smoothing 0.1": ({"noisy_weight": 1.0}, {"label_smoothing": 0.1}, ("mlp",)),
 }
+#: heads benchmarked by default: ``auto`` beside the single heads it chooses among, so the report shows what the
+#: choice costs or gains
+DEFAULT_HEADS = ("logreg", "mlp", "auto")
 #: the one strategy of a dataset without a noisy subset
 PLAIN_STRATEGY = "all clips"
 #: k values of the retrieval precision@k curve
@@ -265,8 +276,14 @@ def _heads(store, ds, heads: list[str], folds: int, seed: int, progress: bool) -
     per_class = [{"label": lab, "n_clips": int(n_pos[j]), "lwlrap": float(cv_best.per_class[j]),
                   "weight": float(cv_best.class_weights[j])} for j, lab in enumerate(vocab) if n_pos[j] > 0]
     best_row = {k: r_best.get(k) for k in ("head", "strategy", "lwlrap", "accuracy", "test_lwlrap")}
+    # the plots of the best head's out-of-fold scores, as a summary small enough for results.json
+    diagnostics = classification_diagnostics(Y[cv_best.scored], cv_best.oof[cv_best.scored], vocab, multi_label)
+    if "auto" in heads:
+        notes.append("auto picks among logreg (C by inner CV), mlp, knn and, from 1000 clips, lightgbm by an inner "
+                     "3-fold CV on each training fold, so its score is out-of-fold like the others'")
     return {"status": "ok", "rows": results, "best": best_row, "baselines": baselines, "per_class": per_class,
             "confused_pairs": _confused_pairs(Y[cv_best.scored], cv_best.oof[cv_best.scored], vocab),
+            "diagnostics": diagnostics,
             "cv_description": cv_description, "multi_label": multi_label, "n_train_clips": int(len(X)),
             "n_scored_clips": int(scored.sum()), "n_test_clips": int(test_labelled.sum()), "notes": notes}
 
@@ -345,7 +362,7 @@ def _finetune(ds, backbone: str, folds: int, seed: int, epochs, device: str, out
 
 
 def run_benchmark(data: str | os.PathLike, out_dir: str | os.PathLike, *, backbone: str | None = None,
-                  heads: list[str] | tuple[str, ...] | str = ("logreg", "mlp"), folds: int = 5, finetune: bool = False,
+                  heads: list[str] | tuple[str, ...] | str = DEFAULT_HEADS, folds: int = 5, finetune: bool = False,
                   finetune_epochs: int | tuple[int, ...] | None = None, seed: int = 0, batch_size: int | None = None,
                   device: str = "auto", levels: bool = True,
                   max_queries: int = 2000, progress: bool = True, command: str | None = None) -> dict:
@@ -353,7 +370,8 @@ def run_benchmark(data: str | os.PathLike, out_dir: str | os.PathLike, *, backbo
     into ``out_dir`` (``report.md``, ``report.html``, PNGs, ``results.json``; the store in ``out_dir/store``).
 
     ``data``: a dataset folder in any layout :func:`~embedtag.datasets.load_dataset` reads, or a known dataset name
-    (``fsdkaggle2019``, ``esc50``) under :func:`data_home`. ``heads``: head kinds (``logreg,mlp,...``).
+    (``fsdkaggle2019``, ``esc50``) under :func:`data_home`. ``heads``: head kinds (``logreg,mlp,...``; default
+    :data:`DEFAULT_HEADS`, ``auto`` beside the single heads).
     ``finetune``: also fine-tune a CNN end to end (:func:`embedtag.finetune.finetune`, ``finetune_epochs`` per
     stage, default its own), written to and resumed from ``out_dir/finetune``.
     Returns the results dict (with ``report`` paths added)."""

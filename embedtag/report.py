@@ -4,13 +4,19 @@
 ``results.json`` beside the report, so a report can be re-rendered without re-running anything) and writes:
 
 * PNG plots (matplotlib, Agg backend): duration histogram, lwlrap by head and noisy-label strategy, per-class lwlrap
-  (best and worst classes), most-confused label pairs, retrieval precision@k, throughput and memory. Every figure
-  carries a footer with the machine, device, versions, weights checksum, seed and time.
+  (best and worst classes), most-confused label pairs, the best head's per-class average precision, precision-recall
+  curves, confusion matrix (single-label data) and score distributions, retrieval precision@k, throughput and
+  memory. Every figure carries a footer with the machine, device, versions, weights checksum, seed and time.
 * ``report.md`` referencing the PNGs, and ``report.html`` with the PNGs embedded as base64 data URIs and inline CSS:
   one file, no external resources, no scripts.
 
 Published references sit beside the results (:data:`REFERENCES`, each with its source); the report says where a
 result would rank among the references of its dataset. A section whose stage did not run says so and why.
+
+:func:`write_evaluation_report` is the same kind of report for one predictor scored on labelled clips
+(``embedtag evaluate --out``). Both draw their classification plots from :func:`classification_diagnostics`, a
+JSON-able summary of ``(Y_true, scores, vocabulary, multi_label)`` (sklearn's average precision, PR curves and
+confusion matrix), so a report re-renders from its JSON without the raw scores.
 """
 
 from __future__ import annotations
@@ -27,8 +33,9 @@ from pathlib import Path
 
 from embedtag.errors import DataError
 
-__all__ = ["REFERENCES", "REFERENCE_WARNINGS", "REFERENCE_LABELS", "write_report", "machine_info", "versions",
-           "peak_rss_mib", "rank_among_references", "references_for", "not_run"]
+__all__ = ["REFERENCES", "REFERENCE_WARNINGS", "REFERENCE_LABELS", "write_report", "write_evaluation_report",
+           "classification_diagnostics", "plot_classification", "machine_info", "versions", "peak_rss_mib",
+           "rank_among_references", "references_for", "not_run"]
 
 #: Published results to put beside ours. ``dataset`` is the :class:`~embedtag.datasets.Dataset` layout they apply
 #: to; ``metric`` is what ``value`` measures. Sources are papers / leaderboards a reader can check.
@@ -83,6 +90,16 @@ REFERENCE_LABELS: dict[str, int] = {"fsdkaggle2019": 80, "esc50": 50}
 MIB = 1024 * 1024
 #: how many classes the per-class plot shows at each end
 PER_CLASS_SHOWN = 10
+#: up to this many classes each get a precision-recall curve; above it: the micro-average and the best / worst few
+PR_ALL_CLASSES = 10
+#: classes drawn at each end (by AP) when there are more than PR_ALL_CLASSES
+PR_EACH_END = 3
+#: points kept per precision-recall curve in the JSON (subsampled, both ends kept): enough to draw, small to store
+PR_POINTS = 200
+#: bins of the score histograms
+SCORE_BINS = 40
+#: above this many classes the confusion matrix has no tick labels (they would overlap)
+CONFUSION_LABELS_MAX = 80
 
 
 # ------------------------------------------------------------------------------------------------ provenance
@@ -268,6 +285,102 @@ def _cell_html(c) -> str:
     return html.escape(text)
 
 
+# ------------------------------------------------------------------------------------------------ classification
+def _thin(x, n: int = PR_POINTS) -> list[float]:
+    """At most ``n`` points of a curve, evenly spaced in index, both ends kept."""
+    import numpy as np
+
+    x = np.asarray(x)
+    if len(x) > n:
+        x = x[np.unique(np.linspace(0, len(x) - 1, n).round().astype(int))]
+    return [round(float(v), 5) for v in x]
+
+
+def classification_diagnostics(Y, scores, vocabulary, multi_label: bool) -> dict:
+    """A JSON-able summary of ``scores`` (clips x labels) against the multi-hot truth ``Y``, for plots and reports.
+
+    * ``per_class``: ``{"label", "n_pos", "ap"}`` in vocabulary order; ``ap`` is sklearn's
+      ``average_precision_score``, None where it says nothing (no positive clip, or every clip positive).
+    * ``micro_ap`` (every clip x label pair pooled) and ``macro_ap`` (mean of the defined per-class APs).
+    * ``pr_curves``: precision-recall curves (sklearn, thinned to :data:`PR_POINTS` points): every class with a
+      positive when there are at most :data:`PR_ALL_CLASSES` classes, else the micro-average and the
+      :data:`PR_EACH_END` best and worst classes by AP.
+    * ``confusion``: single-label data: ``counts[i][j]`` clips of true label i whose top-scored label is j
+      (sklearn's ``confusion_matrix``); multi-label data: not run, with the reason.
+    * ``score_histogram``: counts of the scores of true (positive) and false (negative) clip-label pairs.
+
+    ``multi_label=False`` needs exactly one label per clip."""
+    import numpy as np
+    from sklearn.metrics import average_precision_score, confusion_matrix, precision_recall_curve
+
+    Y = np.asarray(Y) > 0
+    P = np.asarray(scores, dtype=np.float64)
+    vocab = [str(v) for v in vocabulary]
+    if Y.ndim != 2 or Y.shape != P.shape or Y.shape[1] != len(vocab) or not len(Y):
+        raise DataError(f"classification_diagnostics: truth {Y.shape}, scores {P.shape} and {len(vocab)} labels "
+                        "do not match (expected clips x labels, at least one clip)")
+    n_pos = Y.sum(0)
+    per_class = []
+    for j, lab in enumerate(vocab):
+        ap = float(average_precision_score(Y[:, j], P[:, j])) if 0 < n_pos[j] < len(Y) else None
+        per_class.append({"label": lab, "n_pos": int(n_pos[j]), "ap": ap})
+    defined = [r["ap"] for r in per_class if r["ap"] is not None]
+    out: dict = {"n_clips": int(len(Y)), "n_labels": len(vocab), "multi_label": bool(multi_label),
+                 "per_class": per_class,
+                 "micro_ap": float(average_precision_score(Y.ravel(), P.ravel())) if Y.any() and not Y.all()
+                 else None,
+                 "macro_ap": float(np.mean(defined)) if defined else None}
+
+    def curve(name: str, y, p, ap) -> dict:
+        precision, recall, _ = precision_recall_curve(y, p)
+        return {"label": name, "ap": ap, "n_pos": int(y.sum()), "precision": _thin(precision),
+                "recall": _thin(recall)}
+
+    ranked = sorted((j for j in range(len(vocab)) if per_class[j]["ap"] is not None),
+                    key=lambda j: -per_class[j]["ap"])
+    curves = []
+    if len(vocab) > PR_ALL_CLASSES:
+        if out["micro_ap"] is not None:
+            curves.append(curve("micro-average", Y.ravel(), P.ravel(), out["micro_ap"]))
+        ends = ranked if len(ranked) <= 2 * PR_EACH_END else ranked[:PR_EACH_END] + ranked[-PR_EACH_END:]
+        out["pr_selection"] = (f"the micro-average and the {PR_EACH_END} best and {PR_EACH_END} worst of "
+                               f"{len(ranked)} classes by AP")
+    else:
+        ends = ranked
+        out["pr_selection"] = "every class with a positive clip"
+    curves += [curve(vocab[j], Y[:, j], P[:, j], per_class[j]["ap"]) for j in ends]
+    out["pr_curves"] = curves
+
+    if multi_label:
+        out["confusion"] = not_run("multi-label data: a clip can carry several labels, so there is no single true "
+                                   "label to set against the top-scored one; the per-class AP and precision-recall "
+                                   "curves cover it")
+    else:
+        k = Y.sum(1)
+        if (k != 1).any():
+            raise DataError(f"classification_diagnostics: multi_label=False needs exactly one label per clip; "
+                            f"{int((k != 1).sum())} of {len(Y)} clips have {int(k[k != 1][0])}")
+        cm = confusion_matrix(Y.argmax(1), P.argmax(1), labels=np.arange(len(vocab)))
+        out["confusion"] = {"status": "ok", "labels": vocab, "counts": cm.astype(int).tolist(),
+                            "accuracy": float(np.trace(cm) / cm.sum())}
+
+    lo, hi = min(0.0, float(P.min())), max(1.0, float(P.max()))
+    edges = np.linspace(lo, hi, SCORE_BINS + 1)
+    out["score_histogram"] = {"edges": [round(float(e), 6) for e in edges],
+                              "positives": np.histogram(P[Y], edges)[0].astype(int).tolist(),
+                              "negatives": np.histogram(P[~Y], edges)[0].astype(int).tolist()}
+    return out
+
+
+def plot_classification(Y, scores, vocabulary, multi_label: bool, out_dir: str | os.PathLike, *,
+                        footer: str = "") -> list[Path]:
+    """Draw the per-class AP bars, precision-recall curves, confusion matrix (single-label data only) and score
+    distributions of ``scores`` against the multi-hot truth ``Y`` as PNGs in ``out_dir``; returns the files."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return _Plots(out_dir, footer).classification(classification_diagnostics(Y, scores, vocabulary, multi_label))
+
+
 # ------------------------------------------------------------------------------------------------ plots
 class _Plots:
     """Writes PNGs into ``out_dir``, each with a provenance footer."""
@@ -281,12 +394,127 @@ class _Plots:
         self.plt, self.out_dir, self.footer = plt, out_dir, footer
 
     def save(self, fig, name: str) -> Path:
-        fig.text(0.005, 0.005, self.footer, fontsize=6, color="#555", ha="left", va="bottom", wrap=True)
-        fig.tight_layout(rect=(0, 0.05, 1, 1))
-        path = self.out_dir / name
-        fig.savefig(path, dpi=100)
-        self.plt.close(fig)
-        return path
+        from embedtag.artifacts import atomic_write
+
+        if self.footer:
+            fig.text(0.005, 0.005, self.footer, fontsize=6, color="#555", ha="left", va="bottom", wrap=True)
+        # the footer's share of the height, whatever the figure's size
+        fig.tight_layout(rect=(0, min(0.3, 0.18 / fig.get_figheight()) if self.footer else 0, 1, 1))
+        try:
+            return atomic_write(self.out_dir / name, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+        finally:
+            self.plt.close(fig)
+
+    # --- classification plots, drawn from classification_diagnostics()
+    def classification(self, diag: dict, what: str = "") -> list[Path]:
+        """Every classification plot of ``diag`` (``what``: who made the scores, for the titles)."""
+        return [p for p in (self.average_precision(diag, what), self.pr_curves(diag, what),
+                            self.confusion_matrix(diag, what), self.score_distribution(diag, what)) if p is not None]
+
+    def average_precision(self, diag: dict, what: str = "") -> Path | None:
+        rows = sorted((r for r in diag.get("per_class") or [] if r["ap"] is not None), key=lambda r: r["ap"])
+        if not rows:
+            return None
+        if len(rows) > CONFUSION_LABELS_MAX:
+            rows = rows[:PER_CLASS_SHOWN] + [{"label": "…", "n_pos": None, "ap": float("nan")}] + \
+                rows[-PER_CLASS_SHOWN:]
+        fig, ax = self.plt.subplots(figsize=(7, max(3, 0.2 * len(rows) + 1.4)))
+        names = [r["label"] if r["n_pos"] is None else f"{r['label']} ({r['n_pos']})" for r in rows]
+        ax.barh(names, [r["ap"] for r in rows], color="tab:blue")
+        if diag.get("macro_ap") is not None:
+            ax.axvline(diag["macro_ap"], color="k", ls="--", lw=1, label=f"macro AP {diag['macro_ap']:.3f}")
+            ax.legend(loc="lower right", fontsize=7)
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("average precision")
+        ax.set_title("Per-class average precision; in brackets: positive clips" + (f" ({what})" if what else ""),
+                     fontsize=9)
+        ax.tick_params(axis="y", labelsize=7 if len(rows) <= 40 else 5)
+        return self.save(fig, "average_precision.png")
+
+    def pr_curves(self, diag: dict, what: str = "") -> Path | None:
+        curves = diag.get("pr_curves") or []
+        if not curves:
+            return None
+        fig, ax = self.plt.subplots(figsize=(7.5, 4.5))
+        colors = self.plt.get_cmap("tab10" if len(curves) <= 10 else "tab20")
+        for k, c in enumerate(curves):
+            micro = c["label"] == "micro-average"
+            ax.step(c["recall"], c["precision"], where="post", lw=2.2 if micro else 1.2,
+                    color="k" if micro else colors(k % colors.N),
+                    label=f"{c['label']} (AP {c['ap']:.3f}, {c['n_pos']} pos.)")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.03)
+        ax.set_xlabel("recall")
+        ax.set_ylabel("precision")
+        ax.set_title("Precision-recall: " + diag.get("pr_selection", "") + (f" ({what})" if what else ""),
+                     fontsize=9)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        return self.save(fig, "pr_curves.png")
+
+    def confusion_matrix(self, diag: dict, what: str = "") -> Path | None:
+        conf = diag.get("confusion") or {}
+        if not _ran(conf) or not conf.get("counts"):
+            return None
+        import numpy as np
+
+        counts = np.asarray(conf["counts"], dtype=float)
+        labels, n = conf["labels"], len(conf["labels"])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rates = counts / counts.sum(1, keepdims=True)  # a label no clip carries: an empty (NaN) row
+        side = min(20.0, max(5.0, 0.17 * n + 3))
+        fig, ax = self.plt.subplots(figsize=(side + 1, side))
+        im = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, label="share of the true label's clips")
+        if n <= CONFUSION_LABELS_MAX:
+            size = 8 if n <= 20 else 7 if n <= 40 else 6
+            ax.set_xticks(range(n), labels, rotation=90, fontsize=size)
+            ax.set_yticks(range(n), labels, fontsize=size)
+        if n <= 20:  # counts stay legible in each cell
+            for i in range(n):
+                for j in range(n):
+                    if counts[i, j]:
+                        ax.text(j, i, int(counts[i, j]), ha="center", va="center", fontsize=7,
+                                color="white" if rates[i, j] > 0.5 else "black")
+        ax.set_xlabel("predicted (top-scored label)")
+        ax.set_ylabel("true label")
+        ax.set_title(f"Confusion matrix, rows normalised (accuracy {conf['accuracy']:.3f})"
+                     + (f", {what}" if what else ""), fontsize=9)
+        return self.save(fig, "confusion_matrix.png")
+
+    def score_distribution(self, diag: dict, what: str = "") -> Path | None:
+        hist = diag.get("score_histogram") or {}
+        if not hist.get("edges"):
+            return None
+        import numpy as np
+
+        edges = np.asarray(hist["edges"])
+        fig, ax = self.plt.subplots(figsize=(7, 3.8))
+        for key, name, color in (("negatives", "false labels (negatives)", "tab:red"),
+                                 ("positives", "true labels (positives)", "tab:blue")):
+            c = np.asarray(hist[key], dtype=float)
+            if c.sum():  # densities: positives are a few percent of the pairs
+                ax.stairs(c / c.sum() / np.diff(edges), edges, fill=True, alpha=0.45, color=color,
+                          label=f"{name}: {int(c.sum())} clip-label pairs")
+        ax.set_xlabel("score")
+        ax.set_yscale("log")  # the tails, where true and false labels overlap, stay visible beside the peaks
+        ax.set_ylabel("density (log scale)")
+        ax.set_title("Score distributions of true and false labels" + (f" ({what})" if what else ""), fontsize=9)
+        ax.legend(fontsize=7)
+        return self.save(fig, "score_distribution.png")
+
+    def eval_per_class(self, table, overall: float) -> Path | None:
+        """Per-class lwlrap bars of an evaluation (every class)."""
+        rows = table.sort_values("lwlrap")
+        if not len(rows):
+            return None
+        fig, ax = self.plt.subplots(figsize=(7, max(3, 0.2 * len(rows) + 1.4)))
+        ax.barh(rows["label"], rows["lwlrap"], color="tab:blue")
+        ax.axvline(overall, color="k", ls="--", lw=1, label=f"overall lwlrap {overall:.3f}")
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("per-class lwlrap")
+        ax.legend(loc="lower right", fontsize=7)
+        ax.tick_params(axis="y", labelsize=7 if len(rows) <= 40 else 5)
+        return self.save(fig, "per_class_lwlrap.png")
 
     def durations(self, profile: dict) -> Path | None:
         hist = profile.get("duration_histogram") or {}
@@ -570,6 +798,14 @@ def write_report(results: dict, out_dir: str | os.PathLike, *, title: str | None
         else:
             conf_sec.p("No clip's top-ranked label was wrong.")
 
+    # --- the best head's classification plots (out-of-fold scores)
+    if not _ran(heads):
+        diag = heads
+    else:
+        diag = heads.get("diagnostics") or not_run("this results.json predates the classification plots")
+    what = f"{best['head']}, {best['strategy']}, out-of-fold" if best else ""
+    _classification_sections(sections, written, plots, diag, what)
+
     # --- retrieval
     ret_sec = _Section("retrieval", "Retrieval")
     sections.append(ret_sec)
@@ -633,10 +869,140 @@ def write_report(results: dict, out_dir: str | os.PathLike, *, title: str | None
               ["total wall time (s)", prov.get("elapsed_s")], ["command", prov.get("command")]]
              + [[f"version: {k}", val] for k, val in v.items()])
 
-    md_path, html_path = out_dir / "report.md", out_dir / "report.html"
-    md_path.write_text(_md(sections, title) + "\n", encoding="utf-8")
-    html_path.write_text(_html(sections, title) + "\n", encoding="utf-8")
+    md_path, html_path = _write_documents(sections, title, out_dir)
     return {"markdown": md_path, "html": html_path, "plots": [p for p in written if p is not None]}
+
+
+def _write_documents(sections: list[_Section], title: str, out_dir: Path) -> tuple[Path, Path]:
+    from embedtag.artifacts import atomic_write
+
+    md_path, html_path = out_dir / "report.md", out_dir / "report.html"
+    for path, text in ((md_path, _md(sections, title)), (html_path, _html(sections, title))):
+        atomic_write(path, lambda tmp, text=text: Path(tmp).write_text(text + "\n", encoding="utf-8"))
+    return md_path, html_path
+
+
+def _classification_sections(sections: list[_Section], written: list, plots: _Plots, diag: dict, what: str, *,
+                             ap_table: bool = True) -> None:
+    """The sections of :func:`classification_diagnostics` ``diag`` (a "not run" value: each says why)."""
+    ap_sec = _Section("average-precision", "Per-class average precision and precision-recall curves")
+    cm_sec = _Section("confusion-matrix", "Confusion matrix")
+    sd_sec = _Section("score-distributions", "Score distributions")
+    sections += [ap_sec, cm_sec, sd_sec]
+    if not all([_not_run_section(sec, diag) for sec in (ap_sec, cm_sec, sd_sec)]):
+        return
+    ap_sec.p(f"Average precision (sklearn's average_precision_score) of each class over {diag['n_clips']} clips "
+             f"({what}): macro {_fmt(diag.get('macro_ap'))}, micro {_fmt(diag.get('micro_ap'))}. Classes without a "
+             "positive clip (or with every clip positive) have no AP.")
+    written.append(plots.average_precision(diag, what))
+    ap_sec.img(written[-1], "per-class average precision")
+    written.append(plots.pr_curves(diag, what))
+    ap_sec.p(f"Precision-recall curves: {diag.get('pr_selection')}.")
+    ap_sec.img(written[-1], "precision-recall curves")
+    rows = sorted(diag["per_class"], key=lambda r: (r["ap"] is None, -(r["ap"] or 0)))
+    if ap_table:
+        ap_sec.table(["label", "positive clips", "AP"], [[r["label"], r["n_pos"], r["ap"]] for r in rows])
+    conf = diag.get("confusion") or not_run("no result")
+    if _not_run_section(cm_sec, conf):
+        cm_sec.p(f"Each clip's true label (rows) against its top-scored label (columns), rows normalised to the "
+                 f"share of the true label's clips; accuracy {conf['accuracy']:.4f}.")
+        written.append(plots.confusion_matrix(diag, what))
+        cm_sec.img(written[-1], "confusion matrix")
+    hist = diag.get("score_histogram") or {}
+    sd_sec.p(f"Scores of the clip-label pairs that are true (a clip's labels: {sum(hist.get('positives', []))}) and "
+             f"false ({sum(hist.get('negatives', []))}), each as a density: the less they overlap, the better one "
+             "threshold separates them.")
+    written.append(plots.score_distribution(diag, what))
+    sd_sec.img(written[-1], "score distributions")
+
+
+def _json_safe(v):
+    """NaN (an undefined per-class score) -> None, numpy scalars -> Python: strict JSON."""
+    import math
+
+    import numpy as np
+
+    if isinstance(v, dict):
+        return {k: _json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_json_safe(x) for x in v]
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def write_evaluation_report(result: dict, out_dir: str | os.PathLike, *, title: str | None = None,
+                            provenance: dict | None = None) -> dict:
+    """Write the report of an :func:`embedtag.heads.evaluate_head` result into ``out_dir``: ``metrics.json`` (the
+    metrics, one record per class with its average precision, micro / macro AP, and the confusion matrix of
+    single-label data or why there is none), ``per_class.csv``, the PNG plots (per-class AP, precision-recall
+    curves, confusion matrix, score distributions, per-class lwlrap), ``report.md`` and a self-contained
+    ``report.html``. Every file is written atomically. ``provenance``: what was evaluated (shown in the report and
+    saved in metrics.json). Returns ``{"metrics", "per_class", "markdown", "html": path, "plots": [paths]}``."""
+    import numpy as np
+
+    from embedtag.artifacts import atomic_write, atomic_write_json
+
+    for key in ("truth", "scores", "per_class", "lwlrap", "n_clips"):
+        if key not in result:
+            raise DataError(f"write_evaluation_report needs an evaluate_head result (missing {key!r})")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    prov = {"time_utc": utc_now(), **(provenance or {})}
+    Y, P, table = np.asarray(result["truth"]), np.asarray(result["scores"]), result["per_class"]
+    vocab = list(table["label"])
+    multi = bool((Y.sum(1) != 1).any())  # the data's: a single-label head on multi-label clips is still multi
+    diag = classification_diagnostics(Y, P, vocab, multi)
+    summary = {k: v for k, v in result.items() if k not in ("per_class", "truth", "scores", "clip_ids", "report")}
+    metrics = _json_safe({**summary, "multi_label": multi, "micro_ap": diag["micro_ap"], "macro_ap": diag["macro_ap"],
+                          "confusion_matrix": diag["confusion"], "per_class": table.to_dict("records"),
+                          "provenance": prov})
+    paths = {"metrics": atomic_write_json(out_dir / "metrics.json", metrics),
+             "per_class": atomic_write(out_dir / "per_class.csv", lambda tmp: table.to_csv(tmp, index=False))}
+
+    v = prov.get("versions") or {}
+    footer = " | ".join(x for x in (prov.get("predictor"), f"store {prov['store']}" if prov.get("store") else None,
+                                    f"embedtag {v['embedtag']}" if v.get("embedtag") else None, prov["time_utc"]) if x)
+    plots = _Plots(out_dir, footer)
+    written: list = []
+    sections: list[_Section] = []
+    title = title or "embedtag evaluate" + (f": {prov['predictor']}" if prov.get("predictor") else "")
+
+    summ = _Section("summary", "Summary")
+    sections.append(summ)
+    summ.p(f"{result['n_clips']} labelled clips, {len(vocab)} labels, "
+           f"{'multi-label' if multi else 'single-label'} data. Decisions (precision / recall / F1): "
+           f"{result.get('thresholds')}.")
+    rows = [["lwlrap", result["lwlrap"]], ["macro mAP", result.get("macro_map")], ["micro AP", diag["micro_ap"]]]
+    if result.get("accuracy") is not None:
+        rows.append(["accuracy (top-1)", result["accuracy"]])
+    rows += [[f"{k.replace('_', ' ')}", result.get(k)] for k in
+             ("micro_precision", "micro_recall", "micro_f1", "macro_precision", "macro_recall", "macro_f1")
+             if result.get(k) is not None]
+    summ.table(["metric", "value"], rows)
+    if result.get("train_overlap"):
+        summ.note(f"{result['train_overlap']} of {result['n_clips']} evaluated clips were used to train this "
+                  "predictor: in-sample scores, higher than on new clips.")
+
+    _classification_sections(sections, written, plots, diag, "", ap_table=False)  # AP is in the per-class table
+
+    pc = _Section("per-class", "Per class")
+    sections.append(pc)
+    written.append(plots.eval_per_class(table, result["lwlrap"]))
+    pc.img(written[-1], "per-class lwlrap")
+    cols = ["label", "n_clips", "lwlrap", "weight", "average_precision", "threshold", "precision", "recall", "f1"]
+    pc.table(["label", "clips", "lwlrap", "weight", "AP", "threshold", "P", "R", "F1"],
+             [[_json_safe(r[c]) for c in cols] for r in table.sort_values("lwlrap").to_dict("records")])
+
+    pv = _Section("provenance", "Provenance")
+    sections.append(pv)
+    pv.table(["item", "value"], [[k, val] for k, val in prov.items() if k != "versions"]
+             + [[f"version: {k}", val] for k, val in v.items()])
+    paths["markdown"], paths["html"] = _write_documents(sections, title, out_dir)
+    paths["plots"] = [p for p in written if p is not None]
+    return paths
 
 
 def utc_now() -> str:

@@ -295,9 +295,12 @@ def test_predict_and_evaluate_accept_a_finetuned_run(tiny_dataset, tmp_path, cap
     extract(data, tmp_path / "store", model="yamnet-lite", progress=False)
     capsys.readouterr()
     with pytest.raises(SystemExit) as exc:
-        main(["evaluate", str(run), str(tmp_path / "store")])
+        main(["evaluate", str(run), str(tmp_path / "store"), "--out", str(tmp_path / "eval")])
     assert exc.value.code == 0
     assert "lwlrap" in capsys.readouterr().out
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["provenance"]["predictor"].startswith("fine-tuned run (") and metrics["n_clips"] == 6
+    assert (tmp_path / "eval" / "report.html").stat().st_size > 10_000
     # evaluate scores the decisions at the run's thresholds
     with pytest.raises(SystemExit) as exc:
         main(["evaluate", str(run), str(tmp_path / "store"), "--format", "json", "--device", "cpu"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -101,6 +102,101 @@ def test_evaluate_prints_and_saves_plots(trained, tmp_path, capsys):
     assert len(pd.read_csv(tmp_path / "eval" / "per_class.csv")) == 11
     for png in ("per_class_lwlrap.png", "score_distribution.png"):
         assert (tmp_path / "eval" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the report names the in-sample scores too
+    md = (tmp_path / "eval" / "report.md").read_text()
+    assert "220 of 220 evaluated clips were used to train this predictor" in md
+
+
+PNG = b"\x89PNG\r\n\x1a\n"
+EVAL_PLOTS = {"average_precision.png", "pr_curves.png", "confusion_matrix.png", "score_distribution.png",
+              "per_class_lwlrap.png"}
+
+
+def assert_pngs(folder, names):
+    from PIL import Image
+
+    for name in names:
+        path = folder / name
+        assert path.read_bytes()[:8] == PNG and path.stat().st_size > 5_000, name
+        with Image.open(path) as im:
+            im.verify()  # a complete, decodable PNG
+        with Image.open(path) as im:
+            assert im.size[0] > 300 and im.size[1] > 200, (name, im.size)
+
+
+def test_evaluate_report_on_held_out_office_clips(trained, tmp_path, capsys):
+    """Issue 11: `evaluate --out` writes report.html with per-class AP, PR curves, a confusion matrix and score
+    distributions; metrics.json's AP is sklearn's per class and its confusion matrix is a count of the
+    predictions."""
+    from sklearn.metrics import average_precision_score
+
+    store, _ = trained
+    labels = pd.read_csv(require(DATA / "dcase2016_task2_office" / "labels.csv"))
+    labels.iloc[0::2].to_csv(tmp_path / "train.csv", index=False)
+    test = labels.iloc[1::2]
+    test.to_csv(tmp_path / "test.csv", index=False)
+    main(["fit-head", str(store.path), "--labels", str(tmp_path / "train.csv"), "--head", "logreg", "-p", "C=0.1",
+          "--out", str(tmp_path / "head"), "-q"])
+    rep = tmp_path / "eval"
+    main(["evaluate", str(tmp_path / "head"), str(store.path), "--labels", str(tmp_path / "test.csv"), "--out",
+          str(rep)])
+    captured = capsys.readouterr()
+    assert "in-sample" not in captured.err and str(rep / "report.html") in " ".join(captured.err.split())
+    assert EVAL_PLOTS <= {p.name for p in rep.glob("*.png")}
+    assert_pngs(rep, EVAL_PLOTS)
+    metrics = json.loads((rep / "metrics.json").read_text())
+    assert metrics["n_clips"] == len(test) == 110 and metrics["multi_label"] is False
+
+    # the same predictions, made here from the saved head
+    head = load_head(tmp_path / "head")
+    probs = predict_store(head, store).set_index("fname").loc[test["fname"], head.vocabulary].to_numpy()
+    truth = test["labels"].tolist()
+    for j, row in enumerate(metrics["per_class"]):
+        assert row["label"] == head.vocabulary[j]
+        y = np.array([t == row["label"] for t in truth])
+        assert row["average_precision"] == pytest.approx(average_precision_score(y, probs[:, j]), abs=1e-9)
+    counts = np.zeros((len(head.vocabulary), len(head.vocabulary)), int)
+    for t, p in zip(truth, probs.argmax(1)):  # hand count: true label's row, top-scored label's column
+        counts[head.vocabulary.index(t), p] += 1
+    cm = metrics["confusion_matrix"]
+    assert cm["labels"] == head.vocabulary and cm["counts"] == counts.tolist()
+    assert 0 < counts.sum() - np.trace(counts) < 30  # held-out clips: some mistakes, most right
+    assert cm["accuracy"] == pytest.approx(metrics["accuracy"])
+
+    page = (rep / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == len(EVAL_PLOTS)
+    assert "Confusion matrix" in page and "Per-class average precision" in page and "<script" not in page
+    assert not re.search(r'(src|href)="(?!data:|#|https://)', page)  # one self-contained file
+
+
+def test_evaluate_report_of_multi_label_clips_has_no_confusion_matrix(real_store, tmp_path):
+    """donateacry_cleaned is multi-label: the report says why it draws no confusion matrix; AP is still sklearn's."""
+    from sklearn.metrics import average_precision_score
+
+    from embedtag.errors import DataError
+    from embedtag.heads import evaluate_head, fit_head
+    from embedtag.report import classification_diagnostics
+
+    store = real_store("donateacry_cleaned", model="yamnet-lite")
+    head, _ = fit_head(store, head="logreg", threshold_folds=0, progress=False)
+    res = evaluate_head(head, store, out=tmp_path / "eval")
+    rep = tmp_path / "eval"
+    plots = {p.name for p in rep.glob("*.png")}
+    assert plots == EVAL_PLOTS - {"confusion_matrix.png"}
+    assert_pngs(rep, plots)
+    metrics = json.loads((rep / "metrics.json").read_text())
+    assert metrics["multi_label"] is True and (res["truth"].sum(1) > 1).any()
+    assert metrics["confusion_matrix"]["status"] == "not run"
+    assert "multi-label data" in metrics["confusion_matrix"]["reason"]
+    md = (rep / "report.md").read_text()
+    section = md.split("## Confusion matrix", 1)[1].split("\n## ", 1)[0]
+    assert "not run: multi-label data: a clip can carry several labels" in section and "![" not in section
+    for j, row in enumerate(metrics["per_class"]):
+        y = res["truth"][:, j]
+        expected = average_precision_score(y, res["scores"][:, j]) if 0 < y.sum() < len(y) else None
+        assert row["average_precision"] == (pytest.approx(expected, abs=1e-9) if expected is not None else None)
+    with pytest.raises(DataError, match="exactly one label per clip"):
+        classification_diagnostics(res["truth"], res["scores"], head.vocabulary, multi_label=False)
 
 
 def test_predict_on_a_store_of_another_backbone_fails_in_one_line(trained, tmp_path, capsys):

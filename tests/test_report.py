@@ -18,8 +18,10 @@ from embedtag.report import REFERENCES, not_run, rank_among_references, write_re
 
 GOLDLAB = "goldlab_oddball_novel_sounds"
 SECTIONS = ["Summary", "References", "Dataset profile", "Heads and noisy-label strategies", "Per-class lwlrap",
-            "Most-confused label pairs", "Retrieval", "Fine-tuning", "Throughput and memory", "Provenance"]
+            "Most-confused label pairs", "Per-class average precision and precision-recall curves", "Confusion matrix",
+            "Score distributions", "Retrieval", "Fine-tuning", "Throughput and memory", "Provenance"]
 PLOTS = {"duration_histogram.png", "lwlrap_by_strategy.png", "per_class_lwlrap.png", "confused_pairs.png",
+         "average_precision.png", "pr_curves.png", "confusion_matrix.png", "score_distribution.png",
          "retrieval_precision_at_k.png", "throughput_memory.png"}
 
 
@@ -127,7 +129,7 @@ def test_benchmark_known_dataset_missing_then_present(tmp_path, capsys, monkeypa
     """`embedtag benchmark esc50` says what to download and where; once it is there the same command runs and
     the report, opened in headless Chromium, shows every section and plot."""
     monkeypatch.setenv("EMBEDTAG_DATA", str(tmp_path / "data"))
-    argv = ["benchmark", "esc50", "--out", tmp_path / "report", "--heads", "logreg,mlp", "-q"]
+    argv = ["benchmark", "esc50", "--out", tmp_path / "report", "-q"]  # default heads: logreg, mlp and auto
     code, _, err = run_cli(capsys, *argv)
     assert code == 1
     msg = " ".join(err.split())
@@ -142,13 +144,23 @@ def test_benchmark_known_dataset_missing_then_present(tmp_path, capsys, monkeypa
     r = json.loads((rep / "results.json").read_text())
     assert r["dataset"]["layout"] == "esc50" and r["extract"]["n_stored"] == 79
     assert r["heads"]["cv_description"].startswith("5-fold CV on the dataset's own folds")
-    assert {row["head"] for row in r["heads"]["rows"]} == {"logreg", "mlp"}
+    assert [row["head"] for row in r["heads"]["rows"]] == ["logreg", "mlp", "auto"]  # auto beside the single heads
     assert all(0 < row["lwlrap"] <= 1 and row["accuracy"] is not None for row in r["heads"]["rows"])
+    # the best head's out-of-fold classification plots: its confusion matrix counts every scored clip once, and
+    # its diagonal is the accuracy embedtag.metrics computed from the same scores
+    diag, best = r["heads"]["diagnostics"], r["heads"]["best"]
+    counts = np.array(diag["confusion"]["counts"])
+    assert counts.sum() == r["heads"]["n_scored_clips"] == 79 and diag["confusion"]["labels"] == \
+        sorted({row["labels"] for row in goldlab_rows()[1]})
+    assert np.trace(counts) / counts.sum() == pytest.approx(best["accuracy"])
+    assert [c["n_pos"] for c in diag["per_class"]] == counts.sum(1).tolist()
+    assert all(0 < c["ap"] <= 1 for c in diag["per_class"]) and len(diag["pr_curves"]) == 5
     assert r["heads"]["best"]["lwlrap"] > r["heads"]["baselines"]["prior"]  # real embeddings beat label priors
     assert len(r["provenance"]["weights_sha256"]) == 64 and r["provenance"]["versions"]["tensorflow"]
     assert r["retrieval"]["k"][:3] == [1, 3, 5]
     md = (rep / "report.md").read_text()
     assert all(f"## {s}" in md for s in SECTIONS)
+    assert "| auto | all clips |" in md and "| logreg | all clips |" in md
     assert "would rank #" in md and "HEAR 2021" in md and r["provenance"]["weights_sha256"] in md
     assert "this dataset has 5 labels where the references' has 50" in md
     page = (rep / "report.html").read_text()

@@ -124,7 +124,8 @@ def benchmark_cmd(
                                                       "store/."),
     model: str | None = model_option(),
     backbone: str | None = BACKBONE_ALIAS,
-    heads: str = typer.Option("logreg,mlp", help="Comma-separated heads: logreg, mlp, lightgbm, knn, prior."),
+    heads: str = typer.Option("logreg,mlp,auto", help="Comma-separated heads: logreg, mlp, lightgbm, knn, prior, "
+                                                       "auto (picks among the others by inner CV)."),
     folds: int = typer.Option(5, min=2, help="Cross-validation folds (a dataset's own folds win, e.g. ESC-50)."),
     finetune: bool = typer.Option(False, "--finetune", help="Also fine-tune a CNN end to end (embedtag.finetune; "
                                                             "resumed from OUT/finetune when interrupted)."),
@@ -166,8 +167,12 @@ def benchmark_cmd(
             t.add_row(stage, f"[yellow]not run[/]: {v.get('reason')}")
         elif stage == "heads":
             b = v["best"]
+            each: dict = {}  # every head's best strategy, so auto shows beside the single heads
+            for row in v["rows"]:
+                each[row["head"]] = max(each.get(row["head"], 0.0), row["lwlrap"])
             t.add_row(stage, f"best {b['head']} / {b['strategy']}: lwlrap {b['lwlrap']:.4f}"
-                      + (f", accuracy {b['accuracy']:.4f}" if b.get("accuracy") is not None else ""))
+                      + (f", accuracy {b['accuracy']:.4f}" if b.get("accuracy") is not None else "")
+                      + ("; " + ", ".join(f"{h} {x:.4f}" for h, x in each.items()) if len(each) > 1 else ""))
         elif stage == "extract":
             t.add_row(stage, f"{v['n_stored']} stored, {v['n_failed']} failed, {v['clips_per_s']:.1f} clips/s")
         elif stage == "retrieval":

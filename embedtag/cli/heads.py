@@ -309,13 +309,15 @@ def _parse_threshold(value: str | None, predictor):
 
 
 @app.command(epilog="Examples:\n\n  embedtag evaluate heads/office stores/office_test --labels labels.csv --out eval/"
+                    "   # eval/report.html"
                     "\n\n  embedtag evaluate runs/office stores/office_test --format json")
 def evaluate(
     head: Path = typer.Argument(..., help="Head directory (fit-head) or fine-tuned run (finetune)."),
     store: Path = typer.Argument(..., help="Embedding store of labelled clips."),
     labels: Path | None = typer.Option(None, help="fname,labels CSV or dataset folder (default: the store's "
                                                   "labels)."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Directory for metrics.json, per_class.csv and "
+    out: Path | None = typer.Option(None, "--out", "-o", help="Report directory: report.html, metrics.json "
+                                                              "(per-class AP, confusion matrix), per_class.csv, "
                                                               "PNG plots."),
     rows: int = typer.Option(30, min=0, help="Per-class rows to print (worst first); 0 for all."),
     fmt: TableJson = format_option(TableJson.table, "table, or json: the metrics with one record per class."),
@@ -324,8 +326,9 @@ def evaluate(
     verbose: bool = VERBOSE,
 ) -> None:
     """Score a head or a fine-tuned run on labelled clips: lwlrap (overall and per class), macro mAP, accuracy;
-    --out saves metrics.json, per_class.csv and plots. Warns when some evaluated clips were training clips
-    (in-sample scores)."""
+    --out writes a report: report.html with per-class AP, precision-recall curves, a confusion matrix
+    (single-label data) and score distributions, metrics.json, per_class.csv. Warns when some evaluated clips were
+    training clips (in-sample scores)."""
     setup_logging(quiet, verbose)
     from rich.console import Console
     from rich.table import Table
@@ -334,11 +337,12 @@ def evaluate(
     from embedtag.heads import Head, evaluate_head
 
     h = load_predictor(head, device=device)  # a head, or a fine-tuned run (which scores the clips' audio)
-    res = evaluate_head(h, store, labels)
+    res = evaluate_head(h, store, labels, out=out)
     if out is not None:
-        _save_evaluation(res, out, quiet)
+        info(f"report: {res['report']['html']} (metrics.json, per_class.csv, "
+             f"{len(res['report']['plots'])} PNG plots beside it)", quiet)
     if fmt == TableJson.json:
-        summary = {k: v for k, v in res.items() if k not in ("per_class", "truth", "scores", "clip_ids")}
+        summary = {k: v for k, v in res.items() if k not in ("per_class", "truth", "scores", "clip_ids", "report")}
         write_output(json.dumps({**summary, "per_class": res["per_class"].to_dict("records")}, indent=1,
                                 default=str), "-")
         return
@@ -370,13 +374,3 @@ def evaluate(
                   f"{r.threshold:.3f}", f"{r.precision:.3f}", f"{r.recall:.3f}", f"{r.f1:.3f}")
     console.print(t)
 
-
-def _save_evaluation(res: dict, out: Path, quiet: bool) -> None:
-    from embedtag.heads.api import plot_evaluation
-
-    out.mkdir(parents=True, exist_ok=True)
-    res["per_class"].to_csv(out / "per_class.csv", index=False)
-    summary = {k: v for k, v in res.items() if k not in ("per_class", "truth", "scores", "clip_ids")}
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2, default=str))
-    files = plot_evaluation(res, out)
-    info(f"wrote {out / 'metrics.json'}, {out / 'per_class.csv'}, " + ", ".join(map(str, files)), quiet)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -256,7 +255,7 @@ def _labels_in_vocabulary(store, labels, vocabulary: list[str]):
     return Y, subsets, labelled
 
 
-def evaluate_head(predictor, store, labels=None) -> dict:
+def evaluate_head(predictor, store, labels=None, *, out: str | os.PathLike | None = None) -> dict:
     """Score a head or a fine-tuned run on the labelled clips of ``store`` (noisy-subset clips excluded):
     lwlrap, per-class lwlrap with class weights and average precision, macro mAP, ``accuracy_multi``, for
     single-label data accuracy, and precision / recall / F1 of the predictor's decisions (its stored thresholds,
@@ -264,7 +263,11 @@ def evaluate_head(predictor, store, labels=None) -> dict:
     DataFrame sorted by vocabulary order.
 
     ``train_overlap`` is how many of the evaluated clips the predictor was trained on (by clip id; None when
-    the artifact does not record its training clips): when it is above 0 those scores are in-sample."""
+    the artifact does not record its training clips): when it is above 0 those scores are in-sample.
+
+    ``out``: also write the report there (:func:`embedtag.report.write_evaluation_report`: metrics.json with
+    per-class AP and the confusion matrix, per_class.csv, PNG plots, report.html); ``result["report"]`` then holds
+    the paths."""
     import pandas as pd
     from sklearn.metrics import average_precision_score
 
@@ -299,48 +302,22 @@ def evaluate_head(predictor, store, labels=None) -> dict:
     table = pd.DataFrame({"label": vocabulary, "n_clips": n_pos, "lwlrap": per_class, "weight": weights,
                           "average_precision": ap, "threshold": thresholds, "precision": tm["precision"],
                           "recall": tm["recall"], "f1": tm["f1"]})
-    out = {"n_clips": int(keep.sum()), "lwlrap": lwlrap(Yk, P), "macro_map": macro_map(Yk, P),
-           "accuracy_multi": accuracy_multi(Yk, P), "train_overlap": overlap,
-           "thresholds": "top label" if not multi else ("per class (out-of-fold F1)" if stored is not None
-                                                         else "0.5 (the predictor stores none)"),
-           **{k: v for k, v in tm.items() if k.startswith(("micro_", "macro_"))},
-           "per_class": table, "truth": Yk, "scores": P, "clip_ids": evaluated}
+    result = {"n_clips": int(keep.sum()), "lwlrap": lwlrap(Yk, P), "macro_map": macro_map(Yk, P),
+              "accuracy_multi": accuracy_multi(Yk, P), "train_overlap": overlap,
+              "thresholds": "top label" if not multi else ("per class (out-of-fold F1)" if stored is not None
+                                                            else "0.5 (the predictor stores none)"),
+              **{k: v for k, v in tm.items() if k.startswith(("micro_", "macro_"))},
+              "per_class": table, "truth": Yk, "scores": P, "clip_ids": evaluated}
     if (Yk.sum(1) == 1).all():
-        out["accuracy"] = accuracy(Yk, P)
-    return out
+        result["accuracy"] = accuracy(Yk, P)
+    if out is not None:
+        from embedtag.report import versions, write_evaluation_report
 
+        what = f"{predictor.kind} head" if isinstance(predictor, Head) else "fine-tuned run"
+        backbone = getattr(predictor, "backbone", None) or getattr(predictor, "backbone_name", None) or "?"
+        prov = {"predictor": f"{what} ({backbone})", "store": str(store.path),
+                "labels": "the store's own" if labels is None else str(getattr(labels, "root", labels)),
+                "versions": versions()}
+        result["report"] = write_evaluation_report(result, out, provenance=prov)
+    return result
 
-def plot_evaluation(result: dict, out_dir: str | os.PathLike) -> list[Path]:
-    """Save PNG plots of an :func:`evaluate_head` result: per-class lwlrap bars and the score distributions of
-    true vs false labels. Returns the files written."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; never needs a display
-    import matplotlib.pyplot as plt
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    table = result["per_class"].sort_values("lwlrap")
-    fig, ax = plt.subplots(figsize=(7, max(3, 0.22 * len(table) + 1)))
-    ax.barh(table["label"], table["lwlrap"], color="tab:blue")
-    ax.axvline(result["lwlrap"], color="k", ls="--", label=f"overall lwlrap {result['lwlrap']:.3f}")
-    ax.set_xlim(0, 1)
-    ax.set_xlabel("per-class lwlrap")
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    f1 = out_dir / "per_class_lwlrap.png"
-    fig.savefig(f1, dpi=100)
-    plt.close(fig)
-    truth, scores = result["truth"].astype(bool), result["scores"]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    bins = np.linspace(0, 1, 41)
-    ax.hist(scores[~truth], bins=bins, alpha=0.6, density=True, label="false labels")
-    ax.hist(scores[truth], bins=bins, alpha=0.6, density=True, label="true labels")
-    ax.set_xlabel("predicted probability")
-    ax.set_ylabel("density")
-    ax.legend()
-    fig.tight_layout()
-    f2 = out_dir / "score_distribution.png"
-    fig.savefig(f2, dpi=100)
-    plt.close(fig)
-    return [f1, f2]
