@@ -241,6 +241,12 @@ def test_save_refuses_other_artifacts_and_existing_heads(saved, office, tmp_path
     head.save(target, overwrite=True)
     assert isinstance(load_head(target), LogisticHead)
     assert not (target / "lightgbm").exists()  # the replaced head's boosters went with it
+    auto = make_head("auto", candidates=("lightgbm",), lightgbm_min_clips=0, inner_folds=2,
+                     max_ensemble=1).set_params(seed=0)
+    auto.fit(X, store.labels()).save(target, overwrite=True)
+    assert list((target / "member_0" / "lightgbm").glob("label_*.txt"))  # an auto head's LightGBM member
+    head.save(target, overwrite=True)
+    assert not (target / "member_0").exists()  # ...goes with it too
     assert head.train_clip_ids and load_head(target).train_clip_ids == head.train_clip_ids
     make_head("prior").fit(X, store.labels()).save(target, overwrite=True)
     assert not (target / "train_clips.json").exists()  # the new head records no training clips

@@ -225,11 +225,12 @@ def test_auto_head_picks_deterministically_and_reports_every_candidate(real_stor
     a, _ = fit_head(store, head="auto", params={"candidates": ["logreg", "knn"]}, progress=False, threshold_folds=0)
     b, _ = fit_head(store, head="auto", params={"candidates": ["logreg", "knn"]}, progress=False, threshold_folds=0)
     auto = a.metrics["auto"]
-    assert auto == b.metrics["auto"]
+    assert auto.pop("time_s")["selection"] > 0
+    assert auto == {k: v for k, v in b.metrics["auto"].items() if k != "time_s"}
+    assert auto["selection_clips"] == len(X := store.embeddings()) and auto["inner_folds"] == 3
     assert set(auto["inner_lwlrap"]) == {"logreg(C=0.01)", "logreg(C=0.1)", "logreg(C=1)", "knn"}
     best = max(auto["inner_lwlrap"].values())
     assert (auto["ensemble_inner_lwlrap"] or best) >= best and auto["chosen"]
-    X = store.embeddings()
     np.testing.assert_array_equal(a.predict_proba(X), b.predict_proba(X))
     a.save(tmp_path / "h")
     cfg = json.loads((tmp_path / "h" / "config.json").read_text())
@@ -238,3 +239,28 @@ def test_auto_head_picks_deterministically_and_reports_every_candidate(real_stor
     assert isinstance(loaded, AutoHead)
     np.testing.assert_allclose(loaded.predict_proba(X), a.predict_proba(X), atol=1e-6)
     assert clone(loaded).get_params() == loaded.get_params()
+
+
+def test_auto_head_bounds_its_selection_and_averages_an_ensemble(real_store):
+    """Above max_selection_clips the inner CV runs 2 folds on a seeded sample, an
+    ensemble's scores are the mean of its members' probabilities (lwlrap ranks labels within a clip, which
+    per-class ranks would scramble)."""
+    from embedtag.heads import AutoHead
+
+    store = real_store("dcase2016_task2_office", model="yamnet-lite")
+    X, Y = store.embeddings(), store.labels()
+    kw = {"candidates": ("logreg", "knn"), "C_grid": (1.0,), "max_selection_clips": 60, "seed": 3}
+    a, b = AutoHead(**kw).fit(X, Y), AutoHead(**kw).fit(X, Y)
+    auto = a.metrics["auto"]
+    assert auto["selection_clips"] == 60 and auto["inner_folds"] == 2
+    assert auto["inner_lwlrap"] == b.metrics["auto"]["inner_lwlrap"]  # the sample is seeded
+    assert AutoHead(**{**kw, "seed": 4}).fit(X, Y).metrics["auto"]["inner_lwlrap"] != auto["inner_lwlrap"]
+    ens = AutoHead(candidates=("logreg", "knn"), C_grid=(1.0,), max_ensemble=2).fit(X, Y)
+    if len(ens.members_) == 1:  # whatever inner CV chose, check the rule on a pair
+        from embedtag.heads import make_head
+
+        ens.members_ = [ens.members_[0], make_head("knn", k=5).fit(X, Y)]
+        ens.refs_ = ens.refs_ * 2
+    P = ens.predict_proba(X[:20])
+    np.testing.assert_allclose(P, np.mean([m.predict_proba(X[:20]) for m in ens.members_], axis=0), atol=1e-7)
+    assert ens.combine_ == "mean"

@@ -3,11 +3,18 @@
 Candidates: logistic regression (its C chosen among ``C_grid`` on the same inner folds), an MLP, kNN, and LightGBM
 when there are at least ``lightgbm_min_clips`` clips (below that it overfits and costs most). Each is scored by
 lwlrap on out-of-fold predictions of ``inner_folds`` multi-label stratified folds; the best is refitted on every
-clip. When a rank-average of the best ``max_ensemble`` candidates beats the best alone in inner CV, that ensemble
-is refitted instead. "Rank" is taken per class against the member's own out-of-fold scores (an empirical CDF kept
-with the head), so it applies to one new clip as well as to a batch.
+clip. When the mean of the best ``max_ensemble`` candidates' probabilities beats the best alone in inner CV, that
+ensemble is refitted instead. The members' probabilities are averaged, not their per-class ranks: lwlrap ranks the
+labels *within* a clip, and a per-class rank transform (tried first: an empirical CDF of each member's out-of-fold
+scores) scrambles that order; with it an ensemble never won inner CV on the real sets here and auto lost to plain
+logistic regression on two of six (benchmarks/heads_real). Heads saved that way still load and combine by rank.
 
-The choice and every candidate's inner lwlrap are in ``metrics["auto"]`` (config.json, fit-head's report).
+Time stays bounded on large data: above ``max_selection_clips`` scored clips the inner CV runs 2 folds on a seeded
+sample, and fits on ``large_clips`` clips or more use cheaper settings (``LARGE``); benchmarks/heads_speed times
+auto at FSDKaggle2019 scale.
+
+The choice, every candidate's inner lwlrap and the time spent are in ``metrics["auto"]`` (config.json, fit-head's
+report).
 Members are saved inside the head: their arrays under ``m<i>.`` prefixes in weights.safetensors, their kind and
 parameters as JSON bytes, LightGBM's models under ``member_<i>/``.
 """
@@ -22,19 +29,25 @@ import numpy as np
 from embedtag.heads.base import Head, check_param, is_int
 
 CANDIDATES = ("logreg", "mlp", "knn", "lightgbm")
+# settings of a candidate fitted on AutoHead.large_clips clips or more (see AutoHead._scaled)
+LARGE = {"logreg": {"max_iter": 60}, "mlp": {"hidden": [256], "epochs": 20, "batch_size": 512, "lr": 2e-3}}
 
 
 class AutoHead(Head):
     kind = "auto"
 
     def __init__(self, candidates=CANDIDATES, C_grid=(0.01, 0.1, 1.0), inner_folds: int = 3, max_ensemble: int = 3,
-                 lightgbm_min_clips: int = 1000, multi_label: bool = True, seed: int = 0):
+                 lightgbm_min_clips: int = 1000, max_selection_clips: int = 1000, large_clips: int = 5000,
+                 n_jobs: int = 2, multi_label: bool = True, seed: int = 0):
         super().__init__(multi_label=multi_label, seed=seed)
         self.candidates = candidates
         self.C_grid = C_grid
         self.inner_folds = inner_folds
         self.max_ensemble = max_ensemble
         self.lightgbm_min_clips = lightgbm_min_clips
+        self.max_selection_clips = max_selection_clips
+        self.large_clips = large_clips
+        self.n_jobs = n_jobs
 
     def _validate_params(self):
         from embedtag.heads import HEADS
@@ -51,22 +64,54 @@ class AutoHead(Head):
                     "an integer >= 1")
         check_param(is_int(self.lightgbm_min_clips) and self.lightgbm_min_clips >= 0, "lightgbm_min_clips",
                     self.lightgbm_min_clips, "an integer >= 0")
+        check_param(is_int(self.max_selection_clips) and self.max_selection_clips >= 10, "max_selection_clips",
+                    self.max_selection_clips, "an integer >= 10")
+        check_param(is_int(self.large_clips) and self.large_clips >= 1, "large_clips", self.large_clips,
+                    "an integer >= 1")
+        check_param(is_int(self.n_jobs) and self.n_jobs >= 1, "n_jobs", self.n_jobs, "an integer >= 1")
 
     # ------------------------------------------------------------------ selection
     def _specs(self, n_clips: int) -> list[tuple[str, str, dict]]:
-        """(name, kind, params) of every candidate for ``n_clips`` training clips."""
+        """(name, kind, params) of every candidate for ``n_clips`` scored training clips."""
         out = []
         for kind in self.candidates:
             if kind == "logreg":
-                out += [(f"logreg(C={c:g})", "logreg", {"C": float(c)}) for c in self.C_grid]
+                out += [(f"logreg(C={c:g})", "logreg", {"C": float(c), "n_jobs": int(self.n_jobs)})
+                        for c in self.C_grid]
             elif kind == "lightgbm":
+                # on 128 principal components with 60 trees: on all 2048 dimensions, 80 labels x 100 trees took
+                # 179 s on 1,000 clips against 11 s (2 cores)
                 if n_clips >= self.lightgbm_min_clips:
-                    out.append(("lightgbm", "lightgbm", {}))
+                    out.append(("lightgbm", "lightgbm", {"n_components": 128, "subsample": 0.5, "n_estimators": 60,
+                                                         "learning_rate": 0.15}))
             elif kind == "knn":
                 out.append(("knn", "knn", {"k": int(min(10, max(1, n_clips // 10)))}))
             else:
                 out.append((kind, kind, {}))
         return out
+
+    def _scaled(self, kind: str, params: dict, n_train: int) -> dict:
+        """``params`` for a fit on ``n_train`` clips. From ``large_clips`` on, the settings that keep auto within
+        about two minutes at FSDKaggle2019 scale (25k x 2048, 80 labels) on 2 cores (benchmarks/heads_speed): 60
+        lbfgs iterations, a 256-unit MLP trained 20 epochs in batches of 512 with a larger step (as many updates
+        as 2,500 clips get at the defaults)."""
+        if n_train < self.large_clips:
+            return params
+        return {**params, **LARGE.get(kind, {})}
+
+    def _selection_rows(self, scored: np.ndarray, noisy: np.ndarray) -> np.ndarray:
+        """Rows the inner CV runs on: every clip up to ``max_selection_clips`` scored clips; above that a seeded
+        sample of that many scored clips and of half as many noisy ones, in 2 folds (the refit uses every clip)."""
+        rows = np.arange(len(scored))
+        if scored.sum() <= self.max_selection_clips and noisy.sum() <= self.max_selection_clips // 2:
+            return rows
+        rng = np.random.default_rng(self.seed)
+        parts = []
+        for mask, cap in ((scored, self.max_selection_clips), (noisy, self.max_selection_clips // 2),
+                          (~scored & ~noisy, 0)):  # unlabelled clips teach nothing
+            idx = rows[mask]
+            parts.append(idx if len(idx) <= cap else rng.choice(idx, cap, replace=False))
+        return np.sort(np.concatenate(parts))
 
     def _make(self, kind: str, params: dict) -> Head:
         from embedtag.heads import make_head
@@ -77,18 +122,30 @@ class AutoHead(Head):
         from embedtag.heads.training import cross_validate, noisy_mask
         from embedtag.metrics import lwlrap
 
-        scored = ~noisy_mask(subset, len(X)) & (Y.sum(1) > 0)
+        noisy = noisy_mask(subset, len(X))
+        scored = ~noisy & (Y.sum(1) > 0)
         specs = self._specs(int(scored.sum()))
         if not specs:
             specs = [("logreg(C=1)", "logreg", {"C": 1.0})]
-        folds = min(self.inner_folds, int(scored.sum()))
+        import time
+
+        start = time.perf_counter()
+        sel = self._selection_rows(scored, noisy)
+        Xs, Ys, subs = X[sel], Y[sel], None if subset is None else np.asarray(subset)[sel]
+        scored = scored[sel]
+        # a sampled selection runs 2 folds: the sample is there to bound the time
+        folds = min(self.inner_folds if len(sel) == len(X) else 2, int(scored.sum()))
         scores, oofs = {}, {}
+        inner_s = {}
         if folds >= 2:
+            n_inner = int(len(sel) * (folds - 1) / folds)
             for name, kind, params in specs:
-                cv = cross_validate(lambda k=kind, p=params: self._make(k, p), X, Y, subset=subset, folds=folds,
-                                    seed=self.seed)
+                t = time.perf_counter()
+                cv = cross_validate(lambda k=kind, p=self._scaled(kind, params, n_inner): self._make(k, p), Xs, Ys,
+                                    subset=subs, folds=folds, seed=self.seed)
                 scores[name] = float(cv.lwlrap)
                 oofs[name] = cv.oof[cv.scored]
+                inner_s[name] = round(time.perf_counter() - t, 2)
         else:  # too few clips to compare: the simplest candidate
             scores[specs[0][0]] = float("nan")
         # among the logistic regressions only the best C competes further
@@ -99,31 +156,33 @@ class AutoHead(Head):
         chosen = [pool[0]]
         ensemble_score = None
         if len(pool) >= 2 and self.max_ensemble >= 2 and oofs:
-            Ys = Y[scored]
+            Ys = Ys[scored]
             best = scores[pool[0][0]]
             for m in range(2, min(self.max_ensemble, len(pool)) + 1):
                 members = pool[:m]
-                ranks = np.mean([_ecdf_columns(oofs[s[0]], oofs[s[0]]) for s in members], axis=0)
-                score = float(lwlrap(Ys, ranks))
+                score = float(lwlrap(Ys, np.mean([oofs[s[0]] for s in members], axis=0)))
                 if score > best + 1e-9:
                     best, chosen, ensemble_score = score, members, score
-        self.members_ = []
-        refs = []
-        for name, kind, params in chosen:
-            member = self._make(kind, params).fit(X, Y, sample_weight=sample_weight, subset=subset, X_val=X_val,
-                                                  Y_val=Y_val)
-            self.members_.append(member)
-            refs.append(np.sort(oofs[name], axis=0).astype(np.float32) if len(chosen) > 1 else
-                        np.zeros((0, Y.shape[1]), np.float32))
-        self.refs_ = refs
+        selection_s = time.perf_counter() - start
+        chosen = [(n, k, self._scaled(k, p, len(X))) for n, k, p in chosen]
+        self.members_ = [self._make(kind, params).fit(X, Y, sample_weight=sample_weight, subset=subset,
+                                                      X_val=X_val, Y_val=Y_val) for _, kind, params in chosen]
+        self.combine_ = "mean"
+        self.refs_ = [np.zeros((0, Y.shape[1]), np.float32) for _ in chosen]
         self.member_specs_ = [{"name": n, "kind": k, "params": p} for n, k, p in chosen]
         self.metrics = {**self.metrics, "auto": {
             "chosen": " + ".join(n for n, _, _ in chosen), "ensemble": len(chosen) > 1,
-            "inner_folds": folds, "inner_lwlrap": scores, "ensemble_inner_lwlrap": ensemble_score}}
+            "inner_folds": folds, "selection_clips": len(sel), "inner_lwlrap": scores,
+            "time_s": {"selection": round(selection_s, 2), "refit": round(time.perf_counter() - start - selection_s, 2),
+                       "inner": inner_s},
+            "ensemble_inner_lwlrap": ensemble_score}}
 
     def _predict_proba(self, X):
         if len(self.members_) == 1:
             return self.members_[0].predict_proba(X)
+        if self.combine_ == "mean":
+            return np.mean([m.predict_proba(X) for m in self.members_], axis=0)
+        # heads saved before the mean: each member's scores as ranks among its own out-of-fold scores
         P = np.mean([_ecdf_columns(m.predict_proba(X), ref) for m, ref in zip(self.members_, self.refs_)], axis=0)
         if not self.multi_label:
             P = P / np.maximum(P.sum(1, keepdims=True), 1e-12)
@@ -131,7 +190,8 @@ class AutoHead(Head):
 
     # ------------------------------------------------------------------ artifacts
     def _state(self):
-        state = {"members": np.frombuffer(json.dumps(self.member_specs_).encode(), np.uint8).copy()}
+        state = {"members": np.frombuffer(json.dumps(self.member_specs_).encode(), np.uint8).copy(),
+                 "combine": np.frombuffer(self.combine_.encode(), np.uint8).copy()}
         for i, (m, ref) in enumerate(zip(self.members_, self.refs_)):
             state[f"m{i}.ref"] = ref
             state.update({f"m{i}.{k}": v for k, v in m._state().items()})
@@ -139,12 +199,14 @@ class AutoHead(Head):
 
     def _set_state(self, state):
         self.member_specs_ = json.loads(bytes(state["members"]).decode())
+        self.combine_ = bytes(state["combine"]).decode() if "combine" in state else "rank"
         self.members_, self.refs_ = [], []
         for i, spec in enumerate(self.member_specs_):
             m = self._make(spec["kind"], spec["params"])
             prefix = f"m{i}."
             m.classes_, m.n_labels_, m.n_features_in_ = self.classes_, self.n_labels_, self.n_features_in_
-            m._set_state({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix) and k != prefix + "ref"})
+            m._set_state({k[len(prefix):]: v for k, v in state.items()
+                          if k.startswith(prefix) and k != prefix + "ref"})
             self.members_.append(m)
             self.refs_.append(state[prefix + "ref"])
 

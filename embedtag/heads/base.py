@@ -482,14 +482,18 @@ def _remove_stale(directory: Path, written: set[Path]) -> None:
     """After an overwrite, remove the files of the previous head that the new one does not use (only files a
     head writes: its weights, LightGBM models, train_clips.json)."""
     candidates = [directory / WEIGHTS_NAME, directory / TRAIN_CLIPS_NAME]
-    sub = directory / "lightgbm"
-    if sub.is_dir():
-        candidates += list(sub.glob("label_*.txt"))
+    # LightGBM models, of the head itself or of an auto head's members (member_<i>/lightgbm/)
+    subs = [directory / "lightgbm", *(m / "lightgbm" for m in directory.glob("member_*") if m.is_dir())]
+    for sub in subs:
+        if sub.is_dir():
+            candidates += list(sub.glob("label_*.txt"))
     for p in candidates:
         if p.is_file() and p not in written:
             p.unlink()
-    if sub.is_dir() and not any(sub.iterdir()):
-        sub.rmdir()
+    for sub in subs:
+        for d in (sub, sub.parent):  # empty folders go too; a folder still holding someone's file stays
+            if d.is_dir() and d != directory and not any(d.iterdir()):
+                d.rmdir()
 
 
 def _jsonable(v):
