@@ -297,13 +297,21 @@ def whole_process_note(rows: list[dict], repeats: int) -> str:
     text = (f"Fastest of {repeats} runs of each side, naive and extract alternating. extract_over_naive_speed > 1: "
             "`embedtag extract` (a fresh process: CLI, store, decoding threads, batching) finished sooner than "
             "the naive loop. ")
+    torch_models = {"yamnet-torch", "panns-cnn14"} | {r["model"] for r in rows if r["model"].startswith("efficientat")}
+    if any(r["model"] in torch_models and r["extract_over_naive_speed"] > 2 for r in rows):
+        text += ("The PyTorch naive loops run with PyTorch's default of one thread per core; on a shared, busy 2-core "
+                 "machine those OpenMP threads busy-wait against the other work, which is most of extract's lead "
+                 "over them (extract gives the model the cores its decoding threads leave; "
+                 "model_only.by_batch_size shows one thread against one per core). On an idle machine that lead "
+                 "would be smaller. ")
     if not losers:
         return text + "extract beat the naive loop for every backbone on both sets."
     return text + ("Slower than the naive loop: " + "; ".join(losers) + ". Where the model's calls are cheap "
                    "(TFLite) and the job takes seconds, the fixed start-up a naive script does not have decides: "
                    "the CLI (Typer, which imports pydantic to coerce every option, ~0.35 s), pyarrow for the "
-                   "Parquet store (~0.2 s), rich for the summary (~0.1 s), store creation and locking; per clip "
-                   "extract is at least as fast as the naive loop (measured in one process).")
+                   "Parquet store (~0.2 s), rich for the summary (~0.1 s), store creation and locking (profiled on the "
+                   "busy machine). For TFLite on long clips the gap is larger than that start-up, which points at "
+                   "extract's decoding thread competing with the interpreter's one-per-core threads (not confirmed).")
 
 
 def machine() -> dict:
