@@ -310,8 +310,9 @@ def whole_process_note(rows: list[dict], repeats: int) -> str:
                    "(TFLite) and the job takes seconds, the fixed start-up a naive script does not have decides: "
                    "the CLI (Typer, which imports pydantic to coerce every option, ~0.35 s), pyarrow for the "
                    "Parquet store (~0.2 s), rich for the summary (~0.1 s), store creation and locking (profiled on the "
-                   "busy machine). For TFLite on long clips the gap is larger than that start-up, which points at "
-                   "extract's decoding thread competing with the interpreter's one-per-core threads (not confirmed).")
+                   "busy machine). Per clip, timed in one process, extract with TFLite matched the naive loop on short "
+                   "clips and was 5-15% slower on long ones (cause not found; decoding in the calling thread instead "
+                   "of a decoding thread made no difference), so it has no per-clip lead to win the start-up back.")
 
 
 def machine() -> dict:
