@@ -293,14 +293,14 @@ class EmbeddingStore:
         if emb.shape != (len(rows), dim):
             raise IncompatibleError(f"embeddings of shape {emb.shape[1:]} do not fit store {self.path} (dim {dim})")
         columns = {
-            "clip_id": pa.array([storable(r["clip_id"]) for r in rows], pa.string()),
-            "path": pa.array([storable(r.get("path", "")) for r in rows], pa.string()),
-            "duration_s": pa.array([float(r.get("duration_s", np.nan)) for r in rows], pa.float64()),
-            "sample_rate": pa.array([int(r.get("sample_rate", 0)) for r in rows], pa.int32()),
-            "channels": pa.array([int(r.get("channels", 0)) for r in rows], pa.int16()),
-            "n_windows": pa.array([int(r.get("n_windows", 1)) for r in rows], pa.int32()),
-            "peak": pa.array([float(r.get("peak", np.nan)) for r in rows], pa.float32()),
-            "rms_dbfs": pa.array([float(r.get("rms_dbfs", np.nan)) for r in rows], pa.float32()),
+            "clip_id": _strings([storable(r["clip_id"]) for r in rows]),
+            "path": _strings([storable(r.get("path", "")) for r in rows]),
+            "duration_s": _numbers([float(r.get("duration_s", np.nan)) for r in rows], pa.float64()),
+            "sample_rate": _numbers([int(r.get("sample_rate", 0)) for r in rows], pa.int32()),
+            "channels": _numbers([int(r.get("channels", 0)) for r in rows], pa.int16()),
+            "n_windows": _numbers([int(r.get("n_windows", 1)) for r in rows], pa.int32()),
+            "peak": _numbers([float(r.get("peak", np.nan)) for r in rows], pa.float32()),
+            "rms_dbfs": _numbers([float(r.get("rms_dbfs", np.nan)) for r in rows], pa.float32()),
             "embedding": _fixed_list(emb),
         }
         if self.manifest.has_scores:
@@ -313,8 +313,8 @@ class EmbeddingStore:
                 raise IncompatibleError(f"AudioSet scores of shape {scores.shape[1:]} do not fit store {self.path} "
                                         f"({n_cls} classes)")
             columns["audioset_scores"] = _fixed_list(scores)
-        columns["labels"] = pa.array([_label_list(r.get("labels")) for r in rows], pa.list_(pa.string()))
-        table = pa.table(columns, schema=self.schema)
+        columns["labels"] = _string_lists([_label_list(r.get("labels")) for r in rows])
+        table = _table(columns, self.schema)
         out = self._write_shard("shards", table)
         self._cache.clear()
         return out
@@ -342,7 +342,7 @@ class EmbeddingStore:
             with self.writing():  # flushes on exit
                 return None
         rows, self._error_buffer = self._error_buffer, []
-        table = pa.table({k: [r[k] for r in rows] for k in ERROR_SCHEMA.names}, schema=ERROR_SCHEMA)
+        table = _table({k: _strings([r[k] for r in rows]) for k in ERROR_SCHEMA.names}, ERROR_SCHEMA)
         try:
             out = self._write_shard("errors", table)
         except BaseException:
@@ -372,7 +372,8 @@ class EmbeddingStore:
                 return 0
             overlay = self._overlay()
             overlay.update(changes)
-            table = pa.table({"clip_id": list(overlay), "labels": list(overlay.values())}, schema=LABELS_SCHEMA)
+            table = _table({"clip_id": _strings(list(overlay)), "labels": _string_lists(list(overlay.values()))},
+                           LABELS_SCHEMA)
             self._atomic_parquet(self.path / LABELS_NAME, table)
             self._cache.clear()
             return len(changes)
@@ -431,7 +432,8 @@ class EmbeddingStore:
         cols = list(columns) if columns is not None else want.names
         try:
             t = pf.read(columns=cols)
-            return t.cast(pa.schema([want.field(c) for c in cols]))
+            target = pa.schema([want.field(c) for c in cols])
+            return t if t.schema.equals(target) else t.cast(target)  # cast imports pyarrow.compute (~0.1 s)
         except Exception as exc:
             raise self._bad(path, f"corrupt ({_short(exc)})") from None
 
@@ -442,7 +444,7 @@ class EmbeddingStore:
             paths = self.shard_paths()
             sub = pa.schema([self.schema.field(c) for c in columns])
             tables = [self._read_file(p, self.schema, list(columns)) for p in paths]
-            self._cache[key] = pa.concat_tables(tables) if tables else sub.empty_table()
+            self._cache[key] = _concat(tables, sub)
         return self._cache[key]
 
     def _keep(self) -> np.ndarray | None:
@@ -476,14 +478,14 @@ class EmbeddingStore:
             t = self._raw(read)
             keep = self._keep()
             if keep is not None:
-                t = t.take(pa.array(keep))
+                t = t.take(_numbers(keep, pa.int64()))
             overlay = self._overlay()
             if "labels" in cols and overlay:
                 ids = t.column("clip_id").to_pylist()
                 labs = t.column("labels").to_pylist()
                 new = [overlay[c] if c in overlay else v for c, v in zip(ids, labs)]
                 t = t.set_column(t.schema.get_field_index("labels"), self.schema.field("labels"),
-                                 pa.array(new, pa.list_(pa.string())))
+                                 _string_lists(new))
             self._cache[key] = t.select(list(cols))
         return self._cache[key]
 
@@ -526,7 +528,7 @@ class EmbeddingStore:
     def _error_table(self) -> pa.Table:
         if "errors" not in self._cache:
             tables = [self._read_file(p, ERROR_SCHEMA) for p in self.error_paths()]
-            self._cache["errors"] = pa.concat_tables(tables) if tables else ERROR_SCHEMA.empty_table()
+            self._cache["errors"] = _concat(tables, ERROR_SCHEMA)
         return self._cache["errors"]
 
     def errors(self, history: bool = False):
@@ -698,8 +700,61 @@ def _visible(folder: Path) -> list[Path]:
 
 
 def _fixed_list(matrix: np.ndarray) -> pa.FixedSizeListArray:
-    return pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(matrix, np.float32).ravel()),
-                                             matrix.shape[1])
+    return pa.FixedSizeListArray.from_arrays(_numbers(matrix.ravel(), pa.float32()), matrix.shape[1])
+
+
+# Columns are built from buffers: pa.array(), pa.table() and Schema.empty_table() import pandas (~0.3 s, to look
+# for pandas objects among the values), which a writer of numpy arrays and str lists never needs.
+_NUMPY_OF = {pa.float64(): np.float64, pa.float32(): np.float32, pa.int64(): np.int64, pa.int32(): np.int32,
+             pa.int16(): np.int16}
+
+
+def _numbers(values, type_: pa.DataType) -> pa.Array:
+    """A numeric column without nulls (a value out of the type's range raises OverflowError)."""
+    a = np.ascontiguousarray(np.asarray(values, dtype=_NUMPY_OF[type_]))
+    return pa.Array.from_buffers(type_, len(a), [None, pa.py_buffer(a)])
+
+
+def _validity(values: list) -> pa.Buffer | None:
+    """Arrow's validity bitmap of ``values`` (None entries are null); None when nothing is null."""
+    valid = np.fromiter((v is not None for v in values), bool, len(values))
+    return None if valid.all() else pa.py_buffer(np.packbits(valid, bitorder="little"))
+
+
+def _strings(values: list[str | None]) -> pa.Array:
+    """A string column (None: null)."""
+    encoded = [b"" if v is None else v.encode("utf-8") for v in values]
+    offsets = np.zeros(len(encoded) + 1, np.int64)
+    np.cumsum(np.fromiter(map(len, encoded), np.int64, len(encoded)), out=offsets[1:])
+    if offsets[-1] < 2**31:
+        return pa.Array.from_buffers(pa.string(), len(values), [_validity(values),
+                                     pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(b"".join(encoded))])
+    big = pa.Array.from_buffers(pa.large_string(), len(values),
+                                [_validity(values), pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))])
+    return big.cast(pa.string())  # raises as pa.array would: over 2 GiB of text in one column
+
+
+def _string_lists(values: list[list[str] | None]) -> pa.Array:
+    """A list<string> column (None: null)."""
+    sizes = np.fromiter((0 if v is None else len(v) for v in values), np.int32, len(values))
+    offsets = np.zeros(len(values) + 1, np.int32)
+    np.cumsum(sizes, out=offsets[1:])
+    flat = _strings([s for v in values if v is not None for s in v])
+    return pa.Array.from_buffers(pa.list_(pa.string()), len(values), [_validity(values), pa.py_buffer(offsets)],
+                                 children=[flat])
+
+
+def _table(columns: dict[str, pa.Array], schema: pa.Schema) -> pa.Table:
+    """``columns`` as a table of ``schema`` (from_arrays does not check the types itself)."""
+    for f in schema:
+        if columns[f.name].type != f.type:
+            raise TypeError(f"column {f.name}: {columns[f.name].type}, expected {f.type}")
+    return pa.Table.from_arrays([columns[n] for n in schema.names], schema=schema)
+
+
+def _concat(tables: list[pa.Table], schema: pa.Schema) -> pa.Table:
+    """Tables of ``schema`` one after the other (pa.concat_tables imports pyarrow.compute, ~0.1 s)."""
+    return pa.Table.from_batches([b for t in tables for b in t.to_batches()], schema=schema)
 
 
 def _fixed_to_numpy(column: pa.ChunkedArray, dim: int) -> np.ndarray:

@@ -167,3 +167,27 @@ def test_mn10_loads_the_official_format_and_is_batch_invariant(mn10_mirror, shar
 def test_a_checkpoint_of_another_width_is_refused(shared_models):
     with pytest.raises(WeightsError, match="width 1.0"):
         load_backbone("efficientat-mn10", weights=require(shared_models / CKPT), device="cpu")
+
+
+def test_pipeline_gives_the_model_the_cores_decoding_leaves_then_restores_them(mn04, shared_data, monkeypatch):
+    """PyTorch's pool busy-waits, so the pipeline runs a torch backbone on the cores its decoding threads leave
+    (spare_cores_only) and puts the caller's thread count back afterwards; the embeddings do not change."""
+    import os
+
+    from embedtag.embeddings.pipeline import encode
+
+    files = [require(shared_data / OFFICE / n) for n in ("speech001.wav", "knock001.wav")]
+    seen = []
+    real = mn04.embed
+
+    def spy(waves, **kw):
+        seen.append(torch.get_num_threads())
+        return real(waves, **kw)
+
+    monkeypatch.setattr(mn04, "embed", spy)
+    monkeypatch.setattr(os, "cpu_count", lambda: 3)
+    assert mn04.spare_cores_only and torch.get_num_threads() == 1  # the module's one_torch_thread
+    emb = encode(files, mn04, workers=1)
+    assert seen and set(seen) == {2} and torch.get_num_threads() == 1
+    alone = np.stack([real([_clip(shared_data, f.name)]).embeddings[0] for f in files])
+    np.testing.assert_allclose(emb, alone, atol=1e-4)

@@ -69,3 +69,34 @@ def test_importing_embedtag_does_not_import_frameworks():
             "bad=[m for m in ('tensorflow','torch','panns_inference','faiss') if m in sys.modules]; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"
+
+
+def test_weight_digests_are_cached_on_disk_and_redone_when_the_file_changes(tmp_path, monkeypatch):
+    monkeypatch.setenv("EMBEDTAG_HOME", str(tmp_path / "home"))
+    f = tmp_path / "model.bin"
+    f.write_bytes(b"a" * 4096)
+    d = tmp_path / "saved_model"
+    (d / "variables").mkdir(parents=True)
+    (d / "saved_model.pb").write_bytes(b"graph")
+    (d / "variables" / "v.data").write_bytes(b"weights")
+    monkeypatch.setattr(W, "_DIGEST_CACHE", {})
+    monkeypatch.setattr(W, "_disk_loaded", False)
+    first_f, first_d = W.fingerprint(f), W.fingerprint(d)
+    assert first_f == hashlib.sha256(b"a" * 4096).hexdigest()
+    assert (tmp_path / "home" / W.DIGESTS_NAME).is_file()
+    # a new process (empty memory cache) takes the digests from disk: no file is read again
+    monkeypatch.setattr(W, "_DIGEST_CACHE", {})
+    monkeypatch.setattr(W, "_disk_loaded", False)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(W, "file_digest", lambda *a, **k: pytest.fail("hashed again despite the cache"))
+        assert W.fingerprint(f) == first_f and W.fingerprint(d) == first_d
+    # a file changed in place (new size or mtime), also one inside a directory, is hashed again
+    f.write_bytes(b"b" * 4096)
+    (d / "variables" / "v.data").write_bytes(b"other weights")
+    assert W.fingerprint(f) == hashlib.sha256(b"b" * 4096).hexdigest()
+    assert W.fingerprint(d) != first_d
+    # an unreadable cache file is ignored, not an error
+    (tmp_path / "home" / W.DIGESTS_NAME).write_text("{not json")
+    monkeypatch.setattr(W, "_DIGEST_CACHE", {})
+    monkeypatch.setattr(W, "_disk_loaded", False)
+    assert W.fingerprint(f) == hashlib.sha256(b"b" * 4096).hexdigest()

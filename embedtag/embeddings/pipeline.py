@@ -13,6 +13,7 @@ most the batch in flight, and a rerun skips every clip already stored and tries 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -198,8 +199,8 @@ def run(backbone, sources: Sequence[ClipSource], *, on_batch: Callable[[list[dic
         raise EmbedtagError(f"workers must be >= 0, got {workers}")
     prefetch = max(4 * workers, 2 * batch_size)
     sr, min_n = backbone.sample_rate, backbone.min_samples
-    if len(sources) > batch_size:  # a small job would pay more for the warm-up than it saves
-        backbone.warmup()
+    if backbone.warmup_min_inputs is not None and len(sources) >= backbone.warmup_min_inputs:
+        backbone.warmup()  # only where it pays: a smaller job spends more on the warm-up than it saves
 
     windows: list[np.ndarray] = []
     owners: list[tuple[_Acc, float]] = []
@@ -220,8 +221,11 @@ def run(backbone, sources: Sequence[ClipSource], *, on_batch: Callable[[list[dic
             waiting[:] = [a for a in waiting if a not in done]
 
     streaming: list[_Acc | None] = [None]  # the clip whose windows are still being read
-    with (ThreadPoolExecutor(max_workers=workers, thread_name_prefix="embedtag-decode") if workers
-          else _InlineExecutor()) as pool:
+    # the backbone says whether its thread pool should leave the decoding threads their cores
+    threads = (backbone.cpu_threads(max(1, (os.cpu_count() or 1) - workers)) if backbone.spare_cores_only
+               else contextlib.nullcontext())
+    with threads, (ThreadPoolExecutor(max_workers=workers, thread_name_prefix="embedtag-decode") if workers
+                   else _InlineExecutor()) as pool:
         ahead: list[tuple[ClipSource, Future]] = []
         it = iter(sources)
 

@@ -121,23 +121,53 @@ def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
     return h.hexdigest()
 
 
-_DIGEST_CACHE: dict[tuple[str, int, int], str] = {}
+#: sha256 of weight files by (path, size, mtime, inode): in memory, and on disk in ``DIGESTS_NAME`` under
+#: ``EMBEDTAG_HOME`` so that a new process does not hash the weights again (Cnn14: 327 MB, ~0.5 s per run)
+_DIGEST_CACHE: dict[str, str] = {}
+DIGESTS_NAME = "weight_digests.json"
+_disk_loaded = False
+
+
+def _digest_key(p: Path) -> str:
+    st = p.stat()
+    return f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}"
+
+
+def _cached_digest(p: Path) -> str:
+    """sha256 of the file ``p``, from the digest cache when its path, size, mtime and inode are unchanged."""
+    global _disk_loaded
+    if not _disk_loaded:
+        _disk_loaded = True
+        try:
+            import json
+
+            stored = json.loads((home_dir() / DIGESTS_NAME).read_text(encoding="utf-8"))
+            if isinstance(stored, dict):
+                _DIGEST_CACHE.update({k: v for k, v in stored.items() if isinstance(v, str)})
+        except (OSError, ValueError):
+            pass  # no cache yet, or unreadable: hash again
+    key = _digest_key(p)
+    if key not in _DIGEST_CACHE:
+        _DIGEST_CACHE[key] = file_digest(p)
+        try:
+            from embedtag.artifacts import atomic_write_json
+
+            atomic_write_json(home_dir() / DIGESTS_NAME, _DIGEST_CACHE)
+        except Exception:  # a read-only home only costs the hashing next time
+            pass
+    return _DIGEST_CACHE[key]
 
 
 def fingerprint(path: str | os.PathLike) -> str:
-    """sha256 of a weight file, or of the sorted (relative path, sha256) list of a directory. Cached per process."""
+    """sha256 of a weight file, or of the sorted (relative path, sha256) list of a directory. Each file's digest
+    is cached by path, size, mtime and inode (in this process and under ``EMBEDTAG_HOME``)."""
     p = Path(path)
-    st = p.stat()
-    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _DIGEST_CACHE:
-        if p.is_dir():
-            h = hashlib.sha256()
-            for f in sorted(x for x in p.rglob("*") if x.is_file()):
-                h.update(f"{f.relative_to(p).as_posix()}:{file_digest(f)}\n".encode())
-            _DIGEST_CACHE[key] = h.hexdigest()
-        else:
-            _DIGEST_CACHE[key] = file_digest(p)
-    return _DIGEST_CACHE[key]
+    if p.is_dir():
+        h = hashlib.sha256()
+        for f in sorted(x for x in p.rglob("*") if x.is_file()):
+            h.update(f"{f.relative_to(p).as_posix()}:{_cached_digest(f)}\n".encode())
+        return h.hexdigest()
+    return _cached_digest(p)
 
 
 def verify(path: Path, checksum: str | None) -> None:

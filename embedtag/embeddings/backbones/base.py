@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +44,12 @@ class Backbone(ABC):
     weights_path: Path | None = None
     #: batch size that keeps the device busy without wasting memory
     default_batch_size: int = 32
+    #: inputs a job needs before :meth:`warmup` pays for itself (what it costs against what it saves, measured
+    #: per backbone); None: never (no warm-up, or one that never pays)
+    warmup_min_inputs: int | None = None
+    #: on CPU, the model's own thread pool gets only the cores the pipeline's decoding threads leave (at least one)
+    #: instead of the library's default of every core: right where the pool busy-waits (see ``cpu_threads``)
+    spare_cores_only: bool = False
 
     @abstractmethod
     def embed(self, waves: Sequence[np.ndarray], *, return_frames: bool = False) -> BackboneOutput:
@@ -51,10 +58,15 @@ class Backbone(ABC):
     def warmup(self) -> None:
         """Pay one-off first-call costs (allocator growth, kernel selection) before timing-relevant work.
 
-        The pipeline calls this once per instance before a job of more than one batch. The default does nothing;
-        a backbone whose first large calls are measurably slow overrides it.
-        """
+        The pipeline calls this once per instance before a job of at least ``warmup_min_inputs`` inputs. The
+        default does nothing; a backbone whose first large calls are measurably slow overrides it (and sets
+        ``warmup_min_inputs``)."""
         return None
+
+    def cpu_threads(self, n: int):
+        """Context manager: the model runs on ``n`` CPU threads inside it, as before after it. The default changes
+        nothing (a backbone whose pool cannot be resized, or need not be)."""
+        return nullcontext()
 
     @property
     def weights_sha256(self) -> str | None:

@@ -6,7 +6,8 @@ Both take one 1-D 16 kHz waveform per call; how clips are fed is chosen from wha
   time), so clips are *packed*: laid end to end in one waveform, each starting on the 0.48 s patch grid with enough
   zeros after it that no patch of one clip sees samples of another. The patches a clip gets are then exactly the
   patches it gets alone (the log-mel frames and the network are patch-local), which keeps results batch-invariant
-  while removing the per-call overhead. Its first large calls are slow (buffers growing), hence ``warmup``.
+  while removing the per-call overhead. Its first large calls are slow (buffers growing), hence ``warmup``, for
+  large jobs only (``warmup_min_inputs``): on 454 short or 150 long clips it cost 0.5-1.2 s and saved nothing.
 * TFLite (``yamnet-lite``): a call costs well under a millisecond, while packing adds two gap patches per clip
   (tripling the work of a sub-second clip: measured 1.96 s -> 3.06 s of model time on 508 short clips). So each
   clip gets its own call, zero-padded to the length YAMNet pads it to anyway (whole patch hops; identical output)
@@ -134,8 +135,8 @@ class _YamnetBase(Backbone):
         raise NotImplementedError
 
     def warmup(self) -> None:
-        # One call of the largest packed size: on CPU the first ~two minutes of packed calls otherwise run ~20%
-        # slower (TensorFlow growing its buffers), which was most of the gap between extract and model-only.
+        # One call of the largest packed size: on CPU the first ~two minutes of packed calls otherwise run up to
+        # ~20% slower (TensorFlow growing its buffers); a job shorter than that loses more than it gains.
         if not self._warm:
             self._run(np.zeros(MAX_PACKED_SAMPLES, np.float32))
             self._warm = True
@@ -182,6 +183,10 @@ def _groups(waves: list[np.ndarray], max_samples: int) -> list[list[int]]:
 class YamnetSavedModel(_YamnetBase):
     """YAMNet from the TF Hub SavedModel directory, through ``tf.saved_model.load`` (what ``tensorflow_hub.load``
     does for a local TF2 SavedModel, without importing tensorflow_hub: ~0.3 s less per process)."""
+
+    #: a job of minutes of model time (the slow first calls are ~2 min; 10,000 clips take several at ~200 clips/s);
+    #: measured on 454 short and 150 long clips: the warm-up (0.5-1.2 s) was never recovered
+    warmup_min_inputs = 10_000
 
     def __init__(self, spec, weights=None, device="auto", offline=None):
         super().__init__(spec, weights, device, offline)
