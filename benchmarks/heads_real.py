@@ -253,8 +253,15 @@ def main() -> None:
 
 def save_section(path: Path, key: str, value) -> dict:
     """Re-read the results file and replace one section, so that runs of the two parts do not erase each other."""
+    import subprocess
+
     result = json.loads(path.read_text()) if path.exists() else {}
     result[key] = value
+    # a section rerun alone (--skip-noisy / --skip-heads) is newer than the file's run stamp: say which code made it
+    commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO, capture_output=True,
+                            text=True).stdout.strip()
+    result.setdefault("sections", {})[key] = {"commit": commit or "unknown",
+                                              "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     path.write_text(json.dumps(result, indent=2))
     return result
 
