@@ -73,7 +73,8 @@ def fit_head_cmd(
                                                   "labels.csv+audio/); default: the store's own labels."),
     head: HeadKind = typer.Option(HeadKind.auto, help="The classifier; auto compares logreg (C chosen), mlp, "
                                                       "knn and, from 1000 clips, lightgbm by inner CV and keeps "
-                                                      "the best (or a rank-average of the best few)."),
+                                                      "the mean of the best two's probabilities (-p rule=best: "
+                                                      "the best alone unless that mean wins)."),
     param: list[str] = typer.Option([], "--param", "-p", help="Head parameter KEY=VALUE (JSON values), repeatable."),
     folds: int = typer.Option(0, min=0, help="Cross-validate with this many stratified folds first (0: no CV)."),
     noisy_weight: float = typer.Option(NOISY_WEIGHT, "--noisy-weight", min=0.0, help="Loss weight of noisy-subset "
