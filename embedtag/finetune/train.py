@@ -131,19 +131,6 @@ def _spec_augment(mel, cfg: FinetuneConfig, rng: np.random.Generator):
     return mel.masked_fill(torch.from_numpy(mask).to(mel.device), 0.0)
 
 
-def _resolve_multi_label(multi_label, Y: np.ndarray) -> bool:
-    """``"auto"``: single-label when every clip has exactly one label (as :func:`embedtag.heads.fit_head`)."""
-    from embedtag.heads.base import ParamError
-
-    if multi_label == "auto":
-        return bool((Y.sum(1) != 1).any())
-    if not isinstance(multi_label, bool):
-        raise ParamError(f"invalid multi_label={multi_label!r}: expected True, False or 'auto'")
-    if not multi_label and not np.all(Y.sum(1) == 1):
-        raise ParamError("single-label mode needs exactly one label per clip; use multi_label=True (--mode multi)")
-    return multi_label
-
-
 def _without_noisy_stage(cfg: FinetuneConfig) -> FinetuneConfig:
     """The settings for a dataset without noisy clips: stage "noisy" would only repeat the curated clips, so it
     is dropped (a run of stage "noisy" alone becomes one of stage "curated" with its epochs)."""
@@ -244,7 +231,9 @@ def _finetune(data, backbone, labels, out, stages, folds, epochs, resume, device
     ds = resolve_dataset(data, labels)
     ds = ds.select([i for i, (lab, sub) in enumerate(zip(ds.labels, ds.subsets)) if lab and sub != "test"])
     check_trainable(ds)
-    multi_label = _resolve_multi_label(multi_label, ds.multi_hot())
+    from embedtag.heads.base import resolve_multi_label
+
+    multi_label = resolve_multi_label(multi_label, ds.multi_hot())
     if "noisy" in cfg.stages and "noisy" not in ds.subsets:
         cfg = _without_noisy_stage(cfg)
         skipped = ["noisy"]

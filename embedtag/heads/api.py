@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from embedtag.errors import DataError
-from embedtag.heads.base import Head, ParamError
+from embedtag.heads.base import Head, ParamError, resolve_multi_label
 from embedtag.heads.thresholds import as_array, decide, fit_thresholds, threshold_metrics
 from embedtag.heads.training import CVResult, cross_validate, noisy_mask, train_head
 from embedtag.inputs import Dataset, audio_files, load_dataset, match_clips, to_multi_hot
@@ -110,10 +110,7 @@ def fit_head(store, labels=None, head: str = "auto", params: dict | None = None,
         raise DataError(f"store {store.path}: {int(labelled.sum())} labelled clips; a head needs at least 2")
     X = store.embeddings()
     Xl, Yl, Sl = X[labelled], Y[labelled], subsets[labelled]
-    if multi_label == "auto":
-        multi_label = bool((Yl.sum(1) != 1).any())
-    if not isinstance(multi_label, bool):
-        raise ParamError(f"invalid multi_label={multi_label!r}: expected True, False or 'auto'")
+    multi_label = resolve_multi_label(multi_label, Yl)
     params = dict(params or {})
     for name, option in (("multi_label", "multi_label= (--mode)"), ("seed", "seed= (--seed)")):
         if name in params:

@@ -65,6 +65,18 @@ def is_bool(v) -> bool:
     return isinstance(v, (bool, np.bool_))
 
 
+def resolve_multi_label(multi_label, Y: np.ndarray) -> bool:
+    """``"auto"``: single-label when every clip has exactly one label; True/False as given (False refused when a
+    clip has another number of labels). One rule for fit_head and finetune."""
+    if multi_label == "auto":
+        return bool((Y.sum(1) != 1).any())
+    if not isinstance(multi_label, bool):
+        raise ParamError(f"invalid multi_label={multi_label!r}: expected True, False or 'auto'")
+    if not multi_label and not np.all(Y.sum(1) == 1):
+        raise ParamError("single-label mode needs exactly one label per clip; use multi_label=True (--mode multi)")
+    return multi_label
+
+
 def sigmoid(z: np.ndarray) -> np.ndarray:
     # split by sign so neither branch overflows
     out = np.empty_like(z, dtype=np.float64)
