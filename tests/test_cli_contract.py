@@ -238,6 +238,23 @@ def test_hidden_aliases_still_work(office, capsys):
     assert json.loads(out2)["precision_at_k"] == ev["precision_at_k"]
 
 
+def test_main_loads_only_the_module_of_the_command_it_runs():
+    """``COMMAND_MODULES`` names, for every top-level command, the module that defines it (``main`` imports only
+    that one), and each module defines just the commands listed for it."""
+    code = ("import importlib, json, typer.main\nfrom embedtag.cli import COMMAND_MODULES\n"
+            "from embedtag.cli._app import app\nseen, got = set(), {}\n"
+            "for m in sorted(set(COMMAND_MODULES.values())):\n"
+            "    importlib.import_module('embedtag.cli.' + m)\n"
+            "    names = set(typer.main.get_command(app).commands)\n"
+            "    got.update({n: m for n in names - seen})\n    seen = names\n"
+            "print(json.dumps([got, COMMAND_MODULES]))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    got, declared = json.loads(r.stdout)
+    assert got == declared
+    assert set(got) == set(typer.main.get_command(app).commands)  # `app` itself has every command
+
+
 @pytest.mark.parametrize("argv", [["--help"], ["extract", "--help"], ["predict", "--help"]])
 def test_help_imports_no_heavy_library(argv):
     code = (f"import sys\nfrom embedtag.cli import main\ntry:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"

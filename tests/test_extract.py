@@ -194,13 +194,15 @@ def test_cli_extract_exit_codes_and_summary(messy_dir, tmp_path, shared_models):
 
 def test_extract_process_imports_only_what_its_backbone_needs(messy_dir, tmp_path, shared_models):
     """A fresh `embedtag extract` process with the TFLite backbone never imports pandas, torch, TensorFlow,
-    scikit-learn or pyarrow.compute (0.1-5 s each before the first clip), on every store path: a new store, failed
-    files recorded, a rerun that retries them, labels attached on a rerun and read back on the next."""
+    scikit-learn or pyarrow.compute (0.1-5 s each before the first clip), nor with -q rich or pydantic, nor the
+    other commands' modules, on every store path: a new store, failed files recorded, a rerun that retries them,
+    labels attached on a rerun and read back on the next."""
     labels = tmp_path / "labels.csv"
     subs = sorted(f.name for f in (messy_dir / "sub").iterdir())
     labels.write_text("fname,labels\n" + "".join(f"sub/{n},{n.rstrip('0123456789.wav')}\n" for n in subs))
     code = ("import sys\nfrom embedtag.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
-            "    rc = e.code\nheavy = ('pandas', 'torch', 'tensorflow', 'sklearn', 'pyarrow.compute')\n"
+            "    rc = e.code\nheavy = ('pandas', 'torch', 'tensorflow', 'sklearn', 'pyarrow.compute', 'rich', "
+            "'pydantic', 'embedtag.cli.heads', 'embedtag.cli.search')\n"
             "print('LOADED', [m for m in heavy if m in sys.modules], file=sys.stderr)\nsys.exit(rc)")
     out = tmp_path / "s"
     for extra in ([], ["--labels", str(labels)], ["--labels", str(labels)]):
@@ -208,6 +210,8 @@ def test_extract_process_imports_only_what_its_backbone_needs(messy_dir, tmp_pat
                             "yamnet-lite", "-q", *extra], capture_output=True, text=True,
                            env=dict(os.environ, PYTHONPATH=str(REPO)))
         assert r.returncode == 3 and "LOADED []" in r.stderr, r.stderr[-800:]
+        # -q prints the summary as plain lines, failures included
+        assert "  clips stored: " in r.stdout and "  failed corrupt.wav: " in r.stdout, r.stdout
     store = open_store(out)
     assert len(store) == 7 and set(store.failed_ids()) == {"corrupt.wav", "empty.flac", "notes.txt"}
     got = dict(zip(store.clip_ids, store.labels()))

@@ -1,53 +1,51 @@
 """The ``embedtag`` command line: a thin Typer layer over the Python API.
 
-Each stage owns a module here that adds its commands to ``app``, with the shared options of
-:mod:`embedtag.cli._options` (``--model``, ``--format``, ``-k/--top-k``, ``-q``, ``-v``, ``--out -``). Errors the
-library raises on purpose (:class:`~embedtag.errors.EmbedtagError`) are printed as one readable line with exit
-code 1; a bad option is a usage error with exit code 2. Command modules import only typer at import time (heavy
-libraries inside the command bodies), so that ``embedtag --help`` is fast.
+Each stage owns a module here that adds its commands to the one Typer app (:mod:`embedtag.cli._app`), with the
+shared options of :mod:`embedtag.cli._options` (``--model``, ``--format``, ``-k/--top-k``, ``-q``, ``-v``,
+``--out -``). Errors the library raises on purpose (:class:`~embedtag.errors.EmbedtagError`) are printed as one
+readable line with exit code 1; a bad option is a usage error with exit code 2.
+
+Start-up is kept short, since a job of a few seconds pays it in full: command modules import only typer at import
+time (heavy libraries inside the command bodies), and :func:`main` imports only the module of the command it runs
+(``embedtag extract`` need not build the other 17 commands; ``embedtag --help`` loads them all). ``app`` (this
+package's attribute) is the app with every command.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import os
 import sys
 
-import typer
-
-from embedtag import __version__
-from embedtag.cli._options import tidy_help
-
-tidy_help()
-
-app = typer.Typer(
-    name="embedtag",
-    help="Transfer learning on audio: embed clips with AudioSet-pretrained models, train heads, search, report.",
-    no_args_is_help=True,
-    rich_markup_mode="rich",
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
-
-# Command modules; each defines its commands on ``app`` when imported (a module that is not there is skipped).
-_COMMAND_MODULES = ["extract", "heads", "search", "finetune", "benchmark", "split", "store", "serve", "tag"]
+#: top-level command -> the module under embedtag.cli that defines it (tests check this against the modules)
+COMMAND_MODULES = {
+    "extract": "extract", "models": "extract", "info": "extract",
+    "fit-head": "heads", "predict": "heads", "evaluate": "heads",
+    "index": "search", "search": "search",
+    "finetune": "finetune", "profile": "benchmark", "benchmark": "benchmark", "split": "split",
+    "store": "store", "serve": "serve", "tag": "tag",
+}
 
 
-def _version_callback(value: bool) -> None:
-    if value:
-        typer.echo(f"embedtag {__version__}")
-        raise typer.Exit()
+def load_commands(names=None):
+    """Import the command modules (of ``names`` only, when given) so that their commands are on the app; return
+    the app."""
+    from embedtag.cli._app import app
+
+    for module in dict.fromkeys(COMMAND_MODULES[n] for n in (COMMAND_MODULES if names is None else names)):
+        importlib.import_module(f"embedtag.cli.{module}")
+    return app
 
 
-@app.callback()
-def _root(version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True,
-                                       help="Print the version and exit.")) -> None:
-    """embedtag: audio -> embeddings -> heads / search -> predictions and reports."""
+def __getattr__(name: str):
+    if name == "app":  # ``from embedtag.cli import app``: the app with every command
+        return load_commands()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-for _name in _COMMAND_MODULES:
-    if importlib.util.find_spec(f"embedtag.cli.{_name}") is not None:
-        importlib.import_module(f"embedtag.cli.{_name}")
+def _command_of(argv: list[str]) -> str | None:
+    """The command ``argv`` names (its first word that is not an option; the root has only flags)."""
+    return next((a for a in argv if not a.startswith("-")), None)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -58,8 +56,12 @@ def main(argv: list[str] | None = None) -> None:
     # TensorFlow's C++ logging drowns the progress bars; users can still raise it.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
+        args = sys.argv[1:] if argv is None else list(argv)
+        command = _command_of(args)
+        # only the command that runs is built; an unknown one (or none: --help) gets the full app for its message
+        app = load_commands([command] if command in COMMAND_MODULES else None)
         # standalone mode: Typer prints usage errors and turns typer.Exit / Ctrl-C into exit codes itself
-        app(args=argv)
+        app(args=args)
     except EmbedtagError as exc:
         _fail(str(exc))
     except OSError as exc:  # a file the user named: missing, unreadable, a full disk

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from enum import Enum
 from pathlib import Path
 
 import typer
 
-from embedtag.cli import app
+from embedtag.cli._app import app
 from embedtag.cli._options import (
     QUIET,
     VERBOSE,
@@ -92,35 +93,53 @@ def extract(
                           max_duration_s=max_duration_s, limit=limit, allow_outside_root=allow_outside_root,
                           progress=not quiet, engine=engine.value, ray_address=ray_address, actors=actors,
                           gpus_per_actor=gpus_per_actor, cpus_per_decoder=cpus_per_decoder)
-    print_summary(summary)
+    print_summary(summary, plain=quiet)
     if summary.n_unstored:
         raise typer.Exit(EXIT_FAILURES)
 
 
-def print_summary(summary) -> None:
+def summary_rows(summary) -> list[tuple[str, str]]:
+    """The summary of an extract run as (field, value) rows."""
+    rows = [("backbone", f"{summary.backbone} on {summary.device}"),
+            ("clips stored", f"{summary.n_stored}  (skipped, already done: {summary.n_skipped})"),
+            ("audio", f"{summary.audio_s / 3600:.3f} h"),
+            ("failures", f"{summary.n_failed}" + (f"  (retried from earlier runs: {summary.n_retried})"
+                                                   if summary.n_retried else ""))]
+    if summary.n_unstored:
+        rows.append(("not stored", f"{summary.n_unstored} of {summary.n_inputs} inputs (rerun to try them again)"))
+    if summary.n_relabelled:
+        rows.append(("labels", f"{summary.n_relabelled} stored clips got new labels"))
+    if summary.ray is not None:
+        rows.append(("ray", summary.ray.describe()))
+    rows.append(("time", f"{summary.elapsed_s:.1f} s"))
+    rows.append(("throughput", f"{summary.clips_per_s:.1f} clips/s, {summary.realtime_factor:.0f}x real time"))
+    return rows
+
+
+def print_summary(summary, plain: bool = False) -> None:
+    """The run's summary on stdout: a rich table, or with ``plain`` (``-q``) the same rows as ``field: value``
+    lines (rich's import alone costs a job of a few seconds ~0.1 s)."""
+    failed = [f"{clip_id}: {reason}" for clip_id, reason in summary.failures[:20]]
+    more = (f"  ... and {len(summary.failures) - 20} more (see the store's errors/ table)"
+            if len(summary.failures) > 20 else None)
+    if plain:
+        lines = [f"extract → {summary.store}", *(f"  {k}: {v}" for k, v in summary_rows(summary)),
+                 *(f"  failed {f}" for f in failed), *([more] if more else [])]
+        sys.stdout.write("\n".join(lines) + "\n")
+        return
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console()
     t = Table(title=f"extract → {summary.store}", show_header=False, title_justify="left")
-    t.add_row("backbone", f"{summary.backbone} on {summary.device}")
-    t.add_row("clips stored", f"{summary.n_stored}  (skipped, already done: {summary.n_skipped})")
-    t.add_row("audio", f"{summary.audio_s / 3600:.3f} h")
-    t.add_row("failures", f"{summary.n_failed}" + (f"  (retried from earlier runs: {summary.n_retried})"
-                                                    if summary.n_retried else ""))
-    if summary.n_unstored:
-        t.add_row("not stored", f"{summary.n_unstored} of {summary.n_inputs} inputs (rerun to try them again)")
-    if summary.n_relabelled:
-        t.add_row("labels", f"{summary.n_relabelled} stored clips got new labels")
-    if summary.ray is not None:
-        t.add_row("ray", summary.ray.describe())
-    t.add_row("time", f"{summary.elapsed_s:.1f} s")
-    t.add_row("throughput", f"{summary.clips_per_s:.1f} clips/s, {summary.realtime_factor:.0f}x real time")
+    for k, v in summary_rows(summary):
+        t.add_row(k, v)
     console.print(t)
-    for clip_id, reason in summary.failures[:20]:
-        console.print(f"  [red]failed[/] {clip_id}: {reason}", highlight=False)
-    if len(summary.failures) > 20:
-        console.print(f"  ... and {len(summary.failures) - 20} more (see the store's errors/ table)")
+    for f in failed:
+        console.print(f"  [red]failed[/] {escape(f)}", highlight=False)
+    if more:
+        console.print(escape(more), highlight=False)
 
 
 @app.command(epilog="Examples:\n\n  embedtag models\n\n  embedtag models --format json")

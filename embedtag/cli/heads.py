@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from embedtag.cli import app
+from embedtag.cli._app import app
 from embedtag.cli._options import (
     MULTI_LABEL,
     NOISY_WEIGHT,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from embedtag.cli import app
+from embedtag.cli._app import app
 from embedtag.cli._options import (
     JSON_ALIAS,
     OUT_STDOUT,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from embedtag.cli import app
+from embedtag.cli._app import app
 
 
 @app.command(epilog="Examples:\n\n"

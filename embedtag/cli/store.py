@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from embedtag.cli import app
+from embedtag.cli._app import app
 from embedtag.cli._options import QUIET, VERBOSE, TableJson, format_option, setup_logging
 
 store_app = typer.Typer(help="Verify or repair an embedding store.", no_args_is_help=True)
