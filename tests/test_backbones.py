@@ -66,6 +66,35 @@ def test_yamnet_is_batch_invariant(which, request):
         np.testing.assert_allclose(together.frames[i], bb._run(c)[1], atol=1e-4)
 
 
+def test_yamnet_lite_runs_a_batch_on_parallel_interpreters_with_the_same_result(shared_models, monkeypatch):
+    """A batch runs on single-threaded interpreters in parallel threads, a lone clip on one with every core:
+    the embeddings are bit-identical either way, and a failing call fails its batch instead of hanging it."""
+    from embedtag.embeddings.backbones import yamnet as yamnet_mod
+
+    bb = load_backbone("yamnet-lite")
+    bb._n_parallel = 3  # more than this machine may have cores: the result must not depend on the count
+    rng = np.random.default_rng(2)
+    clips = _clips(16000) + [(0.1 * rng.standard_normal(n)).astype(np.float32) for n in (3000, 40000, 200001)]
+    together = bb.embed(clips, return_frames=True)
+    assert len(bb._pool) == 3 and all(c.interp is not bb._solo.interp for c in bb._pool)
+    for i, c in enumerate(clips):
+        alone = bb.embed([c], return_frames=True)
+        np.testing.assert_array_equal(together.embeddings[i], alone.embeddings[0])
+        np.testing.assert_array_equal(together.frames[i], alone.frames[0])
+        np.testing.assert_array_equal(together.scores[i], alone.scores[0])
+
+    real_call = yamnet_mod._LiteCall.__call__
+
+    def failing(self, waveform):
+        if waveform.size > 100_000:
+            raise RuntimeError("invoke failed")
+        return real_call(self, waveform)
+
+    monkeypatch.setattr(yamnet_mod._LiteCall, "__call__", failing)
+    with pytest.raises(RuntimeError, match="invoke failed"):
+        bb.embed(clips)
+
+
 def test_patch_count_follows_yamnets_float32_rounding(yamnet_lite):
     """On the patch grid (PATCH + k * HOP samples) YAMNet itself sometimes pads one more hop; n_patches agrees."""
     from embedtag.embeddings.backbones.yamnet import n_patches

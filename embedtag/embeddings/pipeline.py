@@ -221,6 +221,7 @@ def run(backbone, sources: Sequence[ClipSource], *, on_batch: Callable[[list[dic
             waiting[:] = [a for a in waiting if a not in done]
 
     streaming: list[_Acc | None] = [None]  # the clip whose windows are still being read
+    batch_now = min(batch_size, backbone.first_batch_size or batch_size)  # ramps up to batch_size (see Backbone)
     # the backbone says whether its thread pool should leave the decoding threads their cores
     threads = (backbone.cpu_threads(max(1, (os.cpu_count() or 1) - workers)) if backbone.spare_cores_only
                else contextlib.nullcontext())
@@ -262,8 +263,9 @@ def run(backbone, sources: Sequence[ClipSource], *, on_batch: Callable[[list[dic
                         acc.open += 1
                         windows.append(A.pad_to(win, min_n))
                         owners.append((acc, win.size / sr))
-                        if len(windows) >= batch_size:
+                        if len(windows) >= batch_now:
                             flush()
+                            batch_now = min(batch_size, 2 * batch_now)
                 except EmbedtagError as exc:  # a stream that breaks half-way: drop the clip, record why
                     waiting.remove(acc)
                     keep = [(i, o) for i, o in enumerate(owners) if o[0] is not acc]

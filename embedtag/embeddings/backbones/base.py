@@ -50,6 +50,10 @@ class Backbone(ABC):
     #: on CPU, the model's own thread pool gets only the cores the pipeline's decoding threads leave (at least one)
     #: instead of the library's default of every core: right where the pool busy-waits (see ``cpu_threads``)
     spare_cores_only: bool = False
+    #: the pipeline's first batch (windows); later ones double up to the batch size, so the model starts once a
+    #: few clips are decoded instead of a whole batch. For backbones that call the model per clip anyway (the batch
+    #: size buys them nothing); None: every batch is full size
+    first_batch_size: int | None = None
 
     @abstractmethod
     def embed(self, waves: Sequence[np.ndarray], *, return_frames: bool = False) -> BackboneOutput:
