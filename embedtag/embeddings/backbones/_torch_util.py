@@ -67,8 +67,13 @@ class TorchBackbone(Backbone):
     mixed_precision: bool = True
     #: PyTorch's OpenMP threads busy-wait: with a decoding thread on the same cores, the default of one thread per
     #: core ran efficientat-mn04 5-13x slower than one thread on a busy 2-core machine (1.5-3.8 s vs 19-31 s for
-    #: 30 clips of ~7 s), so the model gets the cores decoding leaves
+    #: 30 clips of ~7 s), so the model gets the cores decoding leaves, unless the windows are long (below)
     spare_cores_only = True
+    _threads: tuple[int, int, bool] | None = None  # (spare cores, every core, decided) inside cpu_threads()
+    #: windows this long (median of a job's first call) get every core: decoding is then a small share, and on
+    #: an idle 2-core machine efficientat-mn04 embedded 60 clips of ~7 s in 1.5-1.8 s on both cores vs 2.0-2.3 s
+    #: on one; 200 clips of median 0.45 s took the same either way
+    all_cores_min_s = 4.0
 
     @contextmanager
     def cpu_threads(self, n: int):
@@ -78,11 +83,26 @@ class TorchBackbone(Backbone):
             yield
             return
         before = torch.get_num_threads()
-        torch.set_num_threads(max(1, int(n)))
+        self._threads = (max(1, int(n)), before, False)
+        torch.set_num_threads(self._threads[0])
         try:
             yield
         finally:
+            self._threads = None
             torch.set_num_threads(before)
+
+    def _choose_threads(self, waves: Sequence[np.ndarray]) -> None:
+        """Inside :meth:`cpu_threads`, the first call decides for the rest of the job: windows of a median
+        ``all_cores_min_s`` or more get every core back (decoding them is a small share of the work), shorter ones
+        keep the spare cores. Decided once: switching the thread count call by call cost more than it saved."""
+        if self._threads is None or self._threads[2] or not waves:
+            return
+        import torch
+
+        spare, every, _ = self._threads
+        long_windows = np.median([len(w) for w in waves]) >= self.all_cores_min_s * self.sample_rate
+        torch.set_num_threads(every if long_windows else spare)
+        self._threads = (spare, every, True)
 
     def _forward(self, x):
         raise NotImplementedError
@@ -95,6 +115,7 @@ class TorchBackbone(Backbone):
         emb = np.zeros((len(waves), self.embedding_dim), np.float32)
         scores = np.zeros((len(waves), len(self.class_names)), np.float32)
         frames: list = [None] * len(waves)
+        self._choose_threads(waves)
         with torch.inference_mode(), autocast(self.device, self.mixed_precision):
             for idx in same_length_batches(waves, batch_size or self.default_batch_size):
                 x = to_device(np.stack([waves[i] for i in idx]), self.device)
