@@ -295,24 +295,20 @@ def whole_process_note(rows: list[dict], repeats: int) -> str:
     losers = [f"{r['model']} on the {r['set']} set ({r['extract_over_naive_speed']:.2f}x)" for r in rows
               if r["extract_over_naive_speed"] < 1]
     text = (f"Fastest of {repeats} runs of each side, naive and extract alternating. extract_over_naive_speed > 1: "
-            "`embedtag extract` (a fresh process: CLI, store, decoding threads, batching) finished sooner than "
-            "the naive loop. ")
+            "`embedtag extract -q` (a fresh process: CLI, store, decoding threads, batching; -q prints its summary "
+            "as plain lines) finished sooner than the naive loop. ")
     torch_models = {"yamnet-torch", "panns-cnn14"} | {r["model"] for r in rows if r["model"].startswith("efficientat")}
     if any(r["model"] in torch_models and r["extract_over_naive_speed"] > 2 for r in rows):
         text += ("The PyTorch naive loops run with PyTorch's default of one thread per core; on a shared, busy 2-core "
                  "machine those OpenMP threads busy-wait against the other work, which is most of extract's lead "
-                 "over them (extract gives the model the cores its decoding threads leave; "
-                 "model_only.by_batch_size shows one thread against one per core). On an idle machine that lead "
-                 "would be smaller. ")
+                 "over them (extract gives the model the cores its decoding threads leave, every core for long "
+                 "windows; model_only.by_batch_size shows one thread against one per core). On an idle machine that "
+                 "lead would be smaller. ")
     if not losers:
         return text + "extract beat the naive loop for every backbone on both sets."
     return text + ("Slower than the naive loop: " + "; ".join(losers) + ". Where the model's calls are cheap "
-                   "(TFLite) and the job takes seconds, the fixed start-up a naive script does not have decides: "
-                   "the CLI (Typer, which imports pydantic to coerce every option, ~0.35 s), pyarrow for the "
-                   "Parquet store (~0.2 s), rich for the summary (~0.1 s), store creation and locking (profiled on the "
-                   "busy machine). Per clip, timed in one process, extract with TFLite matched the naive loop on short "
-                   "clips and was 5-15% slower on long ones (cause not found; decoding in the calling thread instead "
-                   "of a decoding thread made no difference), so it has no per-clip lead to win the start-up back.")
+                   "and the job takes seconds, the fixed start-up a naive script does not have decides: the CLI "
+                   "(Typer), pyarrow for the Parquet store, store creation and locking.")
 
 
 def machine() -> dict:
