@@ -122,6 +122,31 @@ register(BackboneSpec(
     weights=WeightFile("efficientat", "mn40_as_mAP_484.pt", EFFICIENTAT_RELEASE + "mn40_as_mAP_484.pt"),
     description="EfficientAT mn40_as (AudioSet mAP 0.484), 32 kHz MobileNetV3 width 4.0, 68M parameters",
     extra="all", options={"width_mult": 4.0, "batch_size": 8}))
+# The dynamic MobileNets (efficientat_dymn.py): upstream's default *_as files (its get_model names; dymn20_as is
+# the mAP 0.493 file). No checksums are published for them either, so as for mn10/mn40 a download is verified by
+# loadability: weights_only=True and a strict match of every key and shape of the width's architecture.
+register(BackboneSpec(
+    name="efficientat-dymn04", family="efficientat",
+    impl="embedtag.embeddings.backbones.efficientat_dymn:DyMNBackbone",
+    embedding_dim=384, sample_rate=32000, n_classes=527,
+    weights=WeightFile("efficientat", "dymn04_as.pt", EFFICIENTAT_RELEASE + "dymn04_as.pt"),
+    description="EfficientAT dymn04_as (AudioSet mAP 0.450), 32 kHz dynamic MobileNet width 0.4, 2.0M parameters",
+    extra="all", options={"width_mult": 0.4}))
+register(BackboneSpec(
+    name="efficientat-dymn10", family="efficientat",
+    impl="embedtag.embeddings.backbones.efficientat_dymn:DyMNBackbone",
+    embedding_dim=960, sample_rate=32000, n_classes=527,
+    weights=WeightFile("efficientat", "dymn10_as.pt", EFFICIENTAT_RELEASE + "dymn10_as.pt"),
+    description="EfficientAT dymn10_as (AudioSet mAP 0.477), 32 kHz dynamic MobileNet width 1.0, 10.5M parameters",
+    extra="all", options={"width_mult": 1.0}))
+register(BackboneSpec(
+    name="efficientat-dymn20", family="efficientat",
+    impl="embedtag.embeddings.backbones.efficientat_dymn:DyMNBackbone",
+    embedding_dim=1920, sample_rate=32000, n_classes=527,
+    weights=WeightFile("efficientat", "dymn20_as_mAP_493.pt", EFFICIENTAT_RELEASE + "dymn20_as_mAP_493.pt"),
+    description="EfficientAT dymn20_as (AudioSet mAP 0.493), 32 kHz dynamic MobileNet width 2.0, 40M parameters",
+    # per 10 s window about half mn40's activations (half its width), hence twice mn40's batch
+    extra="all", options={"width_mult": 2.0, "batch_size": 16}))
 
 
 def list_backbones() -> list[BackboneSpec]:

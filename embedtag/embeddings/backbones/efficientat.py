@@ -16,7 +16,7 @@ cut into 10 s windows (the pipeline's ``window_s``, the length the models were t
 whole; on CUDA the network runs under fp16 autocast (the front end stays fp32), on CPU in fp32.
 
 The dynamic variants (``dymn04/10/20``: dynamic convolutions, dynamic ReLU and coordinate attention) are a different
-network, not a width of this one, and are not provided.
+network, not a width of this one: they live in ``efficientat_dymn.py`` and reuse this front end.
 """
 
 from __future__ import annotations
