@@ -15,7 +15,7 @@ Measured in one run, on the real clips in ../shared/data (EMBEDTAG_SHARED moves 
   process (soundfile + soxr decoding, one model call per file): the TFLite interpreter, the TF Hub SavedModel,
   panns_inference, EfficientAT as its upstream inference script does it (mel front end + model per file), and
   yamnet-torch one file per call. Ratios compare runs made back to back in the same run: each side runs
-  ``--repeats`` times (default 2), alternating, and its fastest run counts (the machine is shared).
+  ``--repeats`` times (default 3), alternating, and its fastest run counts (the machine is shared).
 PANNs runs on a Cnn14 checkpoint with seeded random weights in the official format (the real one is not
 reachable here); speed does not depend on the weight values. Results: benchmarks/results/extract_speed.json.
 """
@@ -269,6 +269,10 @@ def whole_process(models: list[str], limits: dict[str, int | None], tmp: Path, r
 
         load_backbone("yamnet-torch", device="cpu")
     env = dict(os.environ, PYTHONPATH=str(REPO))
+    # bytecode as an installed package has it (pip compiles at install; with PYTHONDONTWRITEBYTECODE set, as on these
+    # machines, a source checkout would otherwise compile embedtag's modules in every process: ~0.09 s)
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "embedtag"), str(REPO / "benchmarks")],
+                   check=True, capture_output=True)
     rows = []
     for set_name, limit in limits.items():
         files = set_files(set_name, limit)
@@ -326,7 +330,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--whole-process-only", action="store_true", help="only the extract-vs-naive-loop section")
     ap.add_argument("--models", default=",".join(WHOLE_PROCESS_MODELS), help="backbones of the whole-process section")
     ap.add_argument("--limits", help="SHORT,LONG clip counts of the whole-process section")
-    ap.add_argument("--repeats", type=int, default=2, help="whole-process runs of each side (the fastest counts)")
+    ap.add_argument("--repeats", type=int, default=3, help="whole-process runs of each side (the fastest counts)")
     ap.add_argument("--naive", help=argparse.SUPPRESS)  # internal: run one naive loop over --files
     ap.add_argument("--files", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)

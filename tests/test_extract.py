@@ -90,6 +90,45 @@ def test_embedding_does_not_depend_on_batch(tmp_path, shared_models):
         np.testing.assert_allclose(ea[k], eb[k], atol=1e-4)
 
 
+def test_decoding_moves_into_the_calling_thread_once_the_model_takes_every_core(tmp_path, monkeypatch):
+    """A backbone that takes every core (decode_inline) gets the rest of its clips decoded between model calls,
+    in the pipeline's own thread; with --workers given the threads stay; the embeddings are the same."""
+    import threading
+
+    from embedtag.embeddings import pipeline
+    from embedtag.embeddings.backbones.base import Backbone, BackboneOutput
+
+    class Rms(Backbone):  # a tiny deterministic "model": the clip's RMS and peak
+        name, family, sample_rate, embedding_dim, min_samples, class_names = "rms", "rms", 16000, 2, 1, []
+
+        def embed(self, waves, *, return_frames=False):
+            self.decode_inline = True  # as TorchBackbone does when it takes every core
+            return BackboneOutput(np.array([[np.sqrt(np.mean(w ** 2)), np.abs(w).max()] for w in waves],
+                                           np.float32))
+
+    rng = np.random.default_rng(0)
+    src = tmp_path / "clips"
+    src.mkdir()
+    for i in range(12):
+        sf.write(src / f"c{i:02d}.wav", 0.1 * rng.standard_normal(1600 * (i + 1)), 16000)
+    where: list[str] = []
+    real_decode = pipeline._decode
+    monkeypatch.setattr(pipeline, "_decode", lambda *a: where.append(threading.current_thread().name) or
+                        real_decode(*a))
+    rows = {}
+    for workers, out in ((None, "a"), (1, "b")):
+        where.clear()
+        extract(src, tmp_path / out, model=Rms(), batch_size=2, workers=workers, progress=False)
+        rows[out] = dict(zip(open_store(tmp_path / out).clip_ids, open_store(tmp_path / out).embeddings()))
+        if workers is None:
+            assert where[0].startswith("embedtag-decode") and where[-1] == threading.main_thread().name, where
+        else:
+            assert all(w.startswith("embedtag-decode") for w in where), where
+    assert rows["a"].keys() == rows["b"].keys() and len(rows["a"]) == 12
+    for k in rows["a"]:
+        np.testing.assert_array_equal(rows["a"][k], rows["b"][k])
+
+
 def test_crash_mid_run_then_resume_stores_every_clip_once(tmp_path, shared_models, monkeypatch):
     from embedtag import store as store_mod
 

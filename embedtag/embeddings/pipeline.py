@@ -191,9 +191,11 @@ def run(backbone, sources: Sequence[ClipSource], *, on_batch: Callable[[list[dic
 
     Decoding runs in ``workers`` threads, up to two batches of clips ahead of the model, so that the next batch
     is decoded while the model runs (memory: at most ``2 * batch_size`` clips of ``STREAM_THRESHOLD_WINDOWS``
-    windows; longer clips are streamed).
+    windows; longer clips are streamed). Once a backbone takes every core (``Backbone.decode_inline``), clips
+    are decoded in this thread between model calls instead, unless ``workers`` was given.
     """
     batch_size, window_s = run_settings(backbone, pooling=pooling, batch_size=batch_size, window_s=window_s)
+    auto_workers = workers is None  # the user's --workers is kept as given
     workers = default_workers() if workers is None else int(workers)
     if workers < 0:
         raise EmbedtagError(f"workers must be >= 0, got {workers}")
@@ -228,6 +230,7 @@ def run(backbone, sources: Sequence[ClipSource], *, on_batch: Callable[[list[dic
     with threads, (ThreadPoolExecutor(max_workers=workers, thread_name_prefix="embedtag-decode") if workers
                    else _InlineExecutor()) as pool:
         ahead: list[tuple[ClipSource, Future]] = []
+        decoder = [pool]  # becomes inline when the backbone takes every core (Backbone.decode_inline)
         it = iter(sources)
 
         def refill() -> None:
@@ -236,7 +239,7 @@ def run(backbone, sources: Sequence[ClipSource], *, on_batch: Callable[[list[dic
                     s = next(it)
                 except StopIteration:
                     return
-                ahead.append((s, pool.submit(_decode, s, sr, window_s, max_duration_s)))
+                ahead.append((s, decoder[0].submit(_decode, s, sr, window_s, max_duration_s)))
 
         refill()
         try:
@@ -266,6 +269,8 @@ def run(backbone, sources: Sequence[ClipSource], *, on_batch: Callable[[list[dic
                         if len(windows) >= batch_now:
                             flush()
                             batch_now = min(batch_size, 2 * batch_now)
+                            if backbone.decode_inline and auto_workers:
+                                decoder[0] = _InlineExecutor()
                 except EmbedtagError as exc:  # a stream that breaks half-way: drop the clip, record why
                     waiting.remove(acc)
                     keep = [(i, o) for i, o in enumerate(owners) if o[0] is not acc]

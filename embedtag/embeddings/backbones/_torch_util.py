@@ -70,9 +70,10 @@ class TorchBackbone(Backbone):
     #: 30 clips of ~7 s), so the model gets the cores decoding leaves, unless the windows are long (below)
     spare_cores_only = True
     _threads: tuple[int, int, bool] | None = None  # (spare cores, every core, decided) inside cpu_threads()
-    #: windows this long (median of a job's first call) get every core: decoding is then a small share, and on
-    #: an idle 2-core machine efficientat-mn04 embedded 60 clips of ~7 s in 1.5-1.8 s on both cores vs 2.0-2.3 s
-    #: on one; 200 clips of median 0.45 s took the same either way
+    #: windows this long (median of a job's first call) get every core, decoded between model calls: decoding is
+    #: then a small share. On an idle 2-core machine efficientat-mn04 embedded 60 clips of ~7 s in 1.4-1.8 s so
+    #: against 2.0-2.3 s on one core beside a decoding thread; 200 clips of median 0.45 s took 2.9 s on one core
+    #: beside the decoder, 3.5-3.9 s on both. A heavier network sets it lower (PANNs: 0)
     all_cores_min_s = 4.0
 
     @contextmanager
@@ -89,12 +90,14 @@ class TorchBackbone(Backbone):
             yield
         finally:
             self._threads = None
+            self.decode_inline = False
             torch.set_num_threads(before)
 
     def _choose_threads(self, waves: Sequence[np.ndarray]) -> None:
         """Inside :meth:`cpu_threads`, the first call decides for the rest of the job: windows of a median
-        ``all_cores_min_s`` or more get every core back (decoding them is a small share of the work), shorter ones
-        keep the spare cores. Decided once: switching the thread count call by call cost more than it saved."""
+        ``all_cores_min_s`` or more get every core back and the pipeline decodes between model calls
+        (``decode_inline``: decoding is then a small share of the work), shorter ones keep the spare cores beside
+        the decoding threads. Decided once: switching the thread count call by call cost more than it saved."""
         if self._threads is None or self._threads[2] or not waves:
             return
         import torch
@@ -103,6 +106,7 @@ class TorchBackbone(Backbone):
         long_windows = np.median([len(w) for w in waves]) >= self.all_cores_min_s * self.sample_rate
         torch.set_num_threads(every if long_windows else spare)
         self._threads = (spare, every, True)
+        self.decode_inline = bool(long_windows and every > spare)
 
     def _forward(self, x):
         raise NotImplementedError

@@ -54,6 +54,9 @@ class Backbone(ABC):
     #: few clips are decoded instead of a whole batch. For backbones that call the model per clip anyway (the batch
     #: size buys them nothing); None: every batch is full size
     first_batch_size: int | None = None
+    #: set during a job (see ``cpu_threads``) once the model runs on every core: from then on the pipeline decodes
+    #: in its own thread between model calls, as a decoding thread beside the model would stall its thread pool
+    decode_inline: bool = False
 
     @abstractmethod
     def embed(self, waves: Sequence[np.ndarray], *, return_frames: bool = False) -> BackboneOutput:
