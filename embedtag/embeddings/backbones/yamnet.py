@@ -6,7 +6,8 @@ Both take one 1-D 16 kHz waveform per call; how clips are fed is chosen from wha
   time), so clips are *packed*: laid end to end in one waveform, each starting on the 0.48 s patch grid with enough
   zeros after it that no patch of one clip sees samples of another. The patches a clip gets are then exactly the
   patches it gets alone (the log-mel frames and the network are patch-local), which keeps results batch-invariant
-  while removing the per-call overhead. Its first large calls are slow (buffers growing), hence ``warmup``, for
+  while removing the per-call overhead; calls stay under ~15 s of audio (``MAX_PACKED_SAMPLES``: larger ones ran
+  slower per patch). Its first large calls are slow (buffers growing), hence ``warmup``, for
   large jobs only (``warmup_min_inputs``): on 454 short or 150 long clips it cost 0.5-1.2 s and saved nothing.
 * TFLite (``yamnet-lite``): a call costs well under a millisecond, while packing adds two gap patches per clip
   (tripling the work of a sub-second clip: measured 1.96 s -> 3.06 s of model time on 508 short clips). So each
@@ -34,8 +35,10 @@ from embedtag.errors import WeightsError
 
 PATCH_SAMPLES = 15600  # 0.96 s patch + one STFT window - hop, YAMNet's minimum input
 HOP_SAMPLES = 7680  # 0.48 s patch hop
-#: upper bound of one packed call (samples); ~2 min of audio keeps memory small and calls efficient
-MAX_PACKED_SAMPLES = 16000 * 120
+#: upper bound of one packed call (samples): ~15 s (31 patches). Larger calls ran slower per patch on CPU: packed
+#: calls of at most 120 / 60 / 30 / 15 / 10 s embedded 200 short real clips in 2.9 / 2.5 / 2.3 / 2.2 / 2.2 s and
+#: 60 long ones in 3.0 / 2.7 / 2.4 / 2.2 / 2.2 s; 6 s calls were slower again (per-call overhead)
+MAX_PACKED_SAMPLES = 16000 * 15
 
 
 @contextlib.contextmanager
@@ -138,7 +141,7 @@ class _YamnetBase(Backbone):
         raise NotImplementedError
 
     def warmup(self) -> None:
-        # One call of the largest packed size: on CPU the first ~two minutes of packed calls otherwise run up to
+        # One call of the largest packed size: on CPU the first ~two minutes of packed calls otherwise ran up to
         # ~20% slower (TensorFlow growing its buffers); a job shorter than that loses more than it gains.
         if not self._warm:
             self._run(np.zeros(MAX_PACKED_SAMPLES, np.float32))
