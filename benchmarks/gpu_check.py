@@ -3,7 +3,7 @@
     benchmarks/gpu_check.sh                       # on a GPU machine: < 8 minutes, writes results/gpu_check.json
     python -m benchmarks.gpu_check --smoke --out /tmp/g.json   # seconds, on CPU too (what the test runs)
 
-For every PyTorch backbone (EfficientAT mn04/mn10/mn40, PANNs Cnn14, yamnet-torch):
+For every PyTorch backbone (EfficientAT mn04/mn10/mn40, PANNs Cnn14, yamnet-torch, EfficientAT dymn04):
 - model-only clips/s on pre-made windows (1 s and 10 s), for several batch sizes, under fp16 autocast and in fp32,
   with the peak GPU memory of each configuration;
 - end to end (``extract``: decoding threads, batching, store writes) clips/s on WAV files of short (1 s) and long
@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-ALL_MODELS = ["efficientat-mn04", "efficientat-mn10", "efficientat-mn40", "panns-cnn14", "yamnet-torch"]
+ALL_MODELS = ["efficientat-mn04", "efficientat-mn10", "efficientat-mn40", "panns-cnn14", "yamnet-torch",
+              "efficientat-dymn04"]
 
 
 # ------------------------------------------------------------------------------------------------ set-up
@@ -48,7 +49,11 @@ def make_weights(model: str, mirror: Path) -> Path:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    if spec.family == "efficientat":
+    if spec.family == "efficientat" and "dymn" in model:
+        from embedtag.embeddings.backbones.efficientat_dymn import dymn_model
+
+        torch.save(dymn_model(spec.options["width_mult"], 527).state_dict(), path)
+    elif spec.family == "efficientat":
         from embedtag.embeddings.backbones.efficientat import mn_model
 
         torch.save(mn_model(spec.options["width_mult"], 527).state_dict(), path)

@@ -196,6 +196,17 @@ def test_gpu_check_smoke_runs_on_cpu_and_writes_its_json(tmp_path):
     assert res["finetune"]["amp"]["steps_per_s"] > 0 and res["finetune"]["fp32"]["steps_per_s"] > 0
 
 
+@pytest.mark.parametrize("model", ["efficientat-mn04", "efficientat-dymn04", "panns-cnn14"])
+def test_gpu_check_makes_weights_of_each_real_architecture(model, tmp_path):
+    """The GPU check's random checkpoints load strictly into the backbone they are for (a dymn file is no mn)."""
+    from benchmarks.gpu_check import make_weights
+
+    path = make_weights(model, tmp_path)
+    bb = load_backbone(model, weights=path, device="cpu")
+    out = bb.embed([np.zeros(32000, np.float32)])
+    assert out.embeddings.shape == (1, bb.embedding_dim) and np.isfinite(out.embeddings).all()
+
+
 def test_yamnet_refuses_a_device_it_cannot_use(shared_models):
     from embedtag.embeddings.registry import load_backbone
     from embedtag.errors import ParamError
