@@ -112,8 +112,6 @@ class _YamnetBase(Backbone):
     min_samples = PATCH_SAMPLES
     default_batch_size = 64
     _warm = False  # set by warmup()
-    #: pack clips into one call (see the module docstring); False: one call per clip
-    pack = True
     #: can run on a GPU (TensorFlow with a visible GPU); the TFLite interpreter cannot
     gpu_capable = True
 
@@ -148,18 +146,11 @@ class _YamnetBase(Backbone):
             self._warm = True
 
     def embed(self, waves: Sequence[np.ndarray], *, return_frames: bool = False) -> BackboneOutput:
+        """Clips packed into calls of at most ``MAX_PACKED_SAMPLES`` (``YamnetLite`` calls per clip instead)."""
         waves = [np.asarray(w, np.float32) for w in waves]
         emb = np.zeros((len(waves), self.embedding_dim), np.float32)
         scores = np.zeros((len(waves), len(self.class_names)), np.float32)
         frames: list[np.ndarray | None] = [None] * len(waves)
-        if not self.pack:
-            for i in sorted(range(len(waves)), key=lambda i: n_patches(waves[i].size)):
-                w = waves[i]
-                s, e = self._run(np.pad(w, (0, _call_length(w.size) - w.size)))
-                emb[i], scores[i] = e.mean(axis=0), s.mean(axis=0)
-                if return_frames:
-                    frames[i] = e
-            return BackboneOutput(emb, scores, frames if return_frames else None)
         for group in _groups(waves, MAX_PACKED_SAMPLES):
             packed, spans = pack([waves[i] for i in group])
             s, e = self._run(packed)
@@ -271,7 +262,6 @@ def _cores() -> int:
 class YamnetLite(_YamnetBase):
     """YAMNet via the TFLite file and ai-edge-litert (falls back to tf.lite when only TensorFlow is there)."""
 
-    pack = False  # one cheap call per clip beats packing's gap patches (module docstring)
     gpu_capable = False
     #: most single-threaded interpreters a batch runs on in parallel (one per core, up to this)
     max_parallel = 8
@@ -313,13 +303,15 @@ class YamnetLite(_YamnetBase):
         return self._solo(waveform)
 
     def embed(self, waves: Sequence[np.ndarray], *, return_frames: bool = False) -> BackboneOutput:
-        if len(waves) < 2 or self._n_parallel < 2:
-            return super().embed(waves, return_frames=return_frames)
+        """One call per clip (packing's gap patches would cost more, see the module docstring): a lone clip in
+        this thread on the every-core interpreter, a batch on the single-threaded ones in parallel."""
         import threading
-        from concurrent.futures import ThreadPoolExecutor
 
         waves = [np.asarray(w, np.float32) for w in waves]
-        if not self._pool:
+        parallel = len(waves) > 1 and self._n_parallel > 1
+        if parallel and not self._pool:
+            from concurrent.futures import ThreadPoolExecutor
+
             pool = [self._load(1) for _ in range(self._n_parallel)]
             with quiet_native_stderr():  # here, not in the threads: redirecting fd 2 is process-wide
                 for call in pool:
@@ -353,6 +345,9 @@ class YamnetLite(_YamnetBase):
                 if return_frames:
                     frames[i] = e
 
-        for f in [self._executor.submit(work, call) for call in self._pool[:len(waves)]]:
-            f.result()
+        if parallel:
+            for f in [self._executor.submit(work, call) for call in self._pool[:len(waves)]]:
+                f.result()
+        else:
+            work(self._solo)
         return BackboneOutput(emb, scores, frames if return_frames else None)
