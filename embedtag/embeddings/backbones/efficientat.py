@@ -233,38 +233,49 @@ class EfficientATBackbone(TorchBackbone):
     embedding_dim = 384
     min_samples = 32000  # five stride-2 stages: shorter inputs leave a feature map of 1-2 frames
     default_batch_size = 32
+    #: the architecture family (names it in errors) and its default width; the dynamic variant
+    #: (efficientat_dymn.DyMNBackbone) changes these, ``build`` and ``channels_last``
+    arch = "mn"
+    default_width_mult = 0.4
+    #: channels-last memory layout on CUDA (the dynamic convs of dymn fold the batch into channels instead)
+    channels_last = True
+
+    @staticmethod
+    def build(width_mult: float, num_classes: int) -> nn.Module:
+        return mn_model(width_mult, num_classes)
 
     def __init__(self, spec, weights=None, device="auto", offline=None, mixed_precision: bool = True):
         self.name = spec.name
         self.device = resolve_device(device)
         self.mixed_precision = mixed_precision
         self.class_names = audioset_labels()
-        self.width_mult = float(spec.options.get("width_mult", 0.4))
+        self.width_mult = float(spec.options.get("width_mult", self.default_width_mult))
         # wide models hold much larger activations per 10 s window
         self.default_batch_size = int(spec.options.get("batch_size", type(self).default_batch_size))
         self.weights_path = resolve(spec.weights, weights, offline=offline)
-        model = mn_model(self.width_mult, len(self.class_names))
+        model = self.build(self.width_mult, len(self.class_names))
         state = load_mn_state(self.weights_path)
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as exc:
             lines = str(exc).splitlines()
-            raise WeightsError(f"{self.weights_path}: does not match the EfficientAT mn (width "
+            raise WeightsError(f"{self.weights_path}: does not match the EfficientAT {self.arch} (width "
                                f"{self.width_mult}) architecture: "
                                f"{(lines[1] if len(lines) > 1 else lines[0]).strip()[:200]}"
                                ) from None
         self.embedding_dim = model.embedding_dim
         self.front_end = MelFrontEnd().to(self.device)
         self.model = model.eval().to(self.device)
-        if self.device.startswith("cuda"):
+        self._channels_last = self.channels_last and self.device.startswith("cuda")
+        if self._channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
 
     def _forward(self, wave: torch.Tensor):
         mel = self.front_end(wave).unsqueeze(1)
-        if self.device.startswith("cuda"):
+        if self._channels_last:
             mel = mel.contiguous(memory_format=torch.channels_last)
         fmap = self.model.forward_features(mel)
         logits = self.model.classifier(fmap)
-        frames = fmap.mean(dim=2).transpose(1, 2)  # (batch, time', 384): average over frequency only
+        frames = fmap.mean(dim=2).transpose(1, 2)  # (batch, time', dim): average over frequency only
         return fmap.mean(dim=(2, 3)), torch.sigmoid(logits), frames
 

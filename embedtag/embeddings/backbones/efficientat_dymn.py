@@ -30,12 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from embedtag.embeddings.backbones._torch_util import TorchBackbone, load_checkpoint_state
-from embedtag.embeddings.backbones.base import resolve_device
-from embedtag.embeddings.backbones.efficientat import _MNV3_LARGE, ConvBNAct, MelFrontEnd, make_divisible
-from embedtag.embeddings.registry import audioset_labels
-from embedtag.embeddings.weights import resolve
-from embedtag.errors import WeightsError
+from embedtag.embeddings.backbones.efficientat import _MNV3_LARGE, ConvBNAct, EfficientATBackbone, make_divisible
 
 __all__ = ["DyMN", "DyMNBackbone", "dymn_model", "DynamicConv", "DynamicReLU", "ContextGen", "DynamicBlock"]
 
@@ -204,38 +199,13 @@ def dymn_model(width_mult: float = 1.0, num_classes: int = 527) -> DyMN:
     return DyMN(width_mult=width_mult, num_classes=num_classes)
 
 
-class DyMNBackbone(TorchBackbone):
-    family = "efficientat"
-    sample_rate = 32000
-    embedding_dim = 384
-    min_samples = 32000  # five stride-2 stages, as in mn
-    default_batch_size = 32
+class DyMNBackbone(EfficientATBackbone):
+    """The mn backbone's loading, front end, windows and outputs, with the dynamic network."""
 
-    def __init__(self, spec, weights=None, device="auto", offline=None, mixed_precision: bool = True):
-        self.name = spec.name
-        self.device = resolve_device(device)
-        self.mixed_precision = mixed_precision
-        self.class_names = audioset_labels()
-        self.width_mult = float(spec.options.get("width_mult", 1.0))
-        self.default_batch_size = int(spec.options.get("batch_size", type(self).default_batch_size))
-        self.weights_path = resolve(spec.weights, weights, offline=offline)
-        model = dymn_model(self.width_mult, len(self.class_names))
-        state = load_checkpoint_state(self.weights_path)
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            lines = str(exc).splitlines()
-            raise WeightsError(f"{self.weights_path}: does not match the EfficientAT dymn (width "
-                               f"{self.width_mult}) architecture: "
-                               f"{(lines[1] if len(lines) > 1 else lines[0]).strip()[:200]}") from None
-        self.embedding_dim = model.embedding_dim
-        self.front_end = MelFrontEnd().to(self.device)
-        # no channels_last on CUDA (unlike mn): the dynamic convs fold the batch into the channel axis
-        self.model = model.eval().to(self.device)
+    arch = "dymn"
+    default_width_mult = 1.0
+    channels_last = False  # the dynamic convs fold the batch into the channel axis
 
-    def _forward(self, wave: torch.Tensor):
-        fmap = self.model.forward_features(self.front_end(wave).unsqueeze(1))
-        logits = self.model.classifier(fmap)
-        frames = fmap.mean(dim=2).transpose(1, 2)  # (batch, time', dim): average over frequency only
-        return fmap.mean(dim=(2, 3)), torch.sigmoid(logits), frames
-
+    @staticmethod
+    def build(width_mult: float, num_classes: int) -> nn.Module:
+        return dymn_model(width_mult, num_classes)
