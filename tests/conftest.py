@@ -99,3 +99,22 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def check_audioset_tagger(bb, waves, dim: int, min_clip_difference: float):
+    """A 527-class AudioSet tagger on real clips: output shapes and ranges, each clip's embedding and scores in a
+    batch equal to the clip alone, and different clips differing by ``min_clip_difference`` (the model reads its
+    input). Returns the batch's output (with frames)."""
+    import numpy as np
+
+    together = bb.embed(waves, return_frames=True)
+    assert together.embeddings.shape == (len(waves), dim) and together.embeddings.dtype == np.float32
+    assert together.scores.shape == (len(waves), 527) and np.all((together.scores >= 0) & (together.scores <= 1))
+    assert together.frames[0].shape[1] == dim and together.frames[0].shape[0] >= 2
+    assert np.isfinite(together.embeddings).all()
+    for i, w in enumerate(waves):
+        alone = bb.embed([w])
+        np.testing.assert_allclose(together.embeddings[i], alone.embeddings[0], atol=1e-4)
+        np.testing.assert_allclose(together.scores[i], alone.scores[0], atol=1e-4)
+    assert np.abs(together.embeddings[0] - together.embeddings[2]).max() > min_clip_difference
+    return together
