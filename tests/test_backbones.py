@@ -95,6 +95,60 @@ def test_yamnet_lite_runs_a_batch_on_parallel_interpreters_with_the_same_result(
         bb.embed(clips)
 
 
+def test_yamnet_tf_runs_packed_calls_in_parallel_with_the_same_result(shared_models, monkeypatch):
+    """A batch's packed calls run in parallel threads: the same embeddings as one call after another, and a
+    failing call fails its batch instead of hanging it."""
+    import tensorflow as tf
+
+    bb = load_backbone("yamnet")
+    rng = np.random.default_rng(3)
+    clips = _clips(16000) + [(0.1 * rng.standard_normal(n)).astype(np.float32) for n in (3000, 40000, 200001, 250000)]
+    bb._n_parallel = 1
+    serial = bb.embed(clips, return_frames=True)
+    bb._n_parallel = 3  # more than this machine may have cores: the result must not depend on the count
+    calls = []
+    real_run = bb._run
+    monkeypatch.setattr(bb, "_run", lambda w: calls.append(w.size) or real_run(w))
+    parallel = bb.embed(clips, return_frames=True)
+    assert len(calls) >= 3 and bb._executor is not None
+    # the same patches of the same packed calls: equal up to how TensorFlow's pool split each op's work
+    tol = 0 if tf.config.threading.get_intra_op_parallelism_threads() == 1 else 1e-5
+    np.testing.assert_allclose(parallel.embeddings, serial.embeddings, atol=tol)
+    np.testing.assert_allclose(parallel.scores, serial.scores, atol=tol)
+    for a, b in zip(parallel.frames, serial.frames):
+        np.testing.assert_allclose(a, b, atol=tol)
+
+    def failing(w):
+        if w.size > 200_000:
+            raise RuntimeError("call failed")
+        return real_run(w)
+
+    monkeypatch.setattr(bb, "_run", failing)
+    with pytest.raises(RuntimeError, match="call failed"):
+        bb.embed(clips)
+
+
+@pytest.mark.parametrize("before", ["", "tf.config.threading.set_intra_op_parallelism_threads(2)",
+                                    "tf.constant(1.0) + 1"])
+def test_yamnet_tf_threads_are_set_only_where_embedtag_starts_tensorflow(shared_models, before):
+    """Fresh process: ops on one thread, one packed call per core. A user who set TensorFlow's threads, or started
+    it, first keeps theirs, and calls run one after another."""
+    import subprocess
+    import sys
+
+    code = ("import os, tensorflow as tf; from embedtag.embeddings.registry import load_backbone; "
+            f"{before or 'pass'}; bb = load_backbone('yamnet', device='cpu'); "
+            "print(bb._n_parallel, tf.config.threading.get_intra_op_parallelism_threads(), "
+            "len(os.sched_getaffinity(0)))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ))
+    assert r.returncode == 0, r.stderr[-2000:]
+    n_parallel, intra, cores = map(int, r.stdout.split()[-3:])
+    if not before:
+        assert (n_parallel, intra) == (min(8, cores), 1)
+    else:
+        assert n_parallel == 1 and intra == (2 if "threading" in before else 0)
+
+
 def test_patch_count_follows_yamnets_float32_rounding(yamnet_lite):
     """On the patch grid (PATCH + k * HOP samples) YAMNet itself sometimes pads one more hop; n_patches agrees."""
     from embedtag.embeddings.backbones.yamnet import n_patches

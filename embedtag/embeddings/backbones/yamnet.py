@@ -7,8 +7,14 @@ Both take one 1-D 16 kHz waveform per call; how clips are fed is chosen from wha
   zeros after it that no patch of one clip sees samples of another. The patches a clip gets are then exactly the
   patches it gets alone (the log-mel frames and the network are patch-local), which keeps results batch-invariant
   while removing the per-call overhead; calls stay under ~15 s of audio (``MAX_PACKED_SAMPLES``: larger ones ran
-  slower per patch). Its first large calls are slow (buffers growing), hence ``warmup``, for
-  large jobs only (``warmup_min_inputs``): on 454 short or 150 long clips it cost 0.5-1.2 s and saved nothing.
+  slower per patch). On CPU the packed calls of a batch run in parallel, one per core, with TensorFlow's ops on
+  one thread each: its every-core pool syncs its threads at each of YAMNet's many small ops, so a decoding thread
+  beside it stalled the whole pool (600 real clips end to end, 2 cores: 44-50 clips/s with that pool, 58-66 with
+  parallel single-threaded calls; model-only 58 and 61). TensorFlow's thread counts are process-wide and fixed once
+  it starts, so this applies only where embedtag starts it and its intra-op threads were not set (see
+  ``single_threaded_tf_ops``); otherwise calls run one after another on TensorFlow's pool. Its first large calls
+  are slow (buffers growing), hence ``warmup``, for large jobs only (``warmup_min_inputs``): on 454 short or 150
+  long clips it cost 0.5-1.2 s and saved nothing.
 * TFLite (``yamnet-lite``): a call costs well under a millisecond, while packing adds two gap patches per clip
   (tripling the work of a sub-second clip: measured 1.96 s -> 3.06 s of model time on 508 short clips). So each
   clip gets its own call, zero-padded to the length YAMNet pads it to anyway (whole patch hops; identical output)
@@ -24,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -145,21 +152,70 @@ class _YamnetBase(Backbone):
             self._run(np.zeros(MAX_PACKED_SAMPLES, np.float32))
             self._warm = True
 
+    #: packed calls a batch runs in parallel threads (1: one after another); set by the subclass
+    _n_parallel = 1
+    _executor = None
+
+    def _parallel_executor(self):
+        if self._executor is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._executor = ThreadPoolExecutor(self._n_parallel, thread_name_prefix=self.name)
+        return self._executor
+
     def embed(self, waves: Sequence[np.ndarray], *, return_frames: bool = False) -> BackboneOutput:
-        """Clips packed into calls of at most ``MAX_PACKED_SAMPLES`` (``YamnetLite`` calls per clip instead)."""
+        """Clips packed into calls of at most ``MAX_PACKED_SAMPLES``, run in parallel where the ops are
+        single-threaded (``YamnetLite`` calls per clip instead)."""
         waves = [np.asarray(w, np.float32) for w in waves]
         emb = np.zeros((len(waves), self.embedding_dim), np.float32)
         scores = np.zeros((len(waves), len(self.class_names)), np.float32)
         frames: list[np.ndarray | None] = [None] * len(waves)
-        for group in _groups(waves, MAX_PACKED_SAMPLES):
+        n = self._n_parallel
+        # enough calls for every thread (a small batch, e.g. the pipeline's first, is split), longest first
+        need = sum(HOP_SAMPLES * (n_patches(w.size) + 2) for w in waves)
+        groups = _groups(waves, min(MAX_PACKED_SAMPLES, -(-need // n)))
+        groups.sort(key=lambda g: -sum(waves[i].size for i in g))
+
+        def one(run, j: int) -> None:
+            group = groups[j]
             packed, spans = pack([waves[i] for i in group])
-            s, e = self._run(packed)
+            s, e = run(packed)
             for i, (first, m) in zip(group, spans):
                 emb[i] = e[first:first + m].mean(axis=0)
                 scores[i] = s[first:first + m].mean(axis=0)
                 if return_frames:
                     frames[i] = e[first:first + m].copy()
+
+        calls = [self._run] * min(n, len(groups))
+        in_parallel(self._parallel_executor() if len(calls) > 1 else None, calls, len(groups), one)
         return BackboneOutput(emb, scores, frames if return_frames else None)
+
+
+def in_parallel(executor, calls: list, n_jobs: int, one) -> None:
+    """``one(call, j)`` for every job ``j`` in ``range(n_jobs)``, taken in order by one thread per entry of
+    ``calls`` (each thread passes its own entry: an interpreter, or a shared thread-safe callable); ``executor``
+    None runs them all in this thread on ``calls[0]``. A failing job stops the other threads and is raised."""
+    lock, nxt = threading.Lock(), [0]
+
+    def work(call) -> None:
+        while True:
+            with lock:
+                if nxt[0] >= n_jobs:
+                    return
+                j = nxt[0]
+                nxt[0] += 1
+            try:
+                one(call, j)  # TensorFlow and TFLite release the GIL while they compute
+            except BaseException:
+                with lock:
+                    nxt[0] = n_jobs
+                raise
+
+    if executor is None:
+        work(calls[0])
+        return
+    for f in [executor.submit(work, call) for call in calls]:
+        f.result()
 
 
 def _groups(waves: list[np.ndarray], max_samples: int) -> list[list[int]]:
@@ -187,6 +243,8 @@ class YamnetSavedModel(_YamnetBase):
     #: windows per batch: 32 beat 64 both model-only (57.6 vs 51.0 clips/s on 600 real clips) and end to end
     #: (46.8-49.0 vs 44.6-45.4), measured with calls of at most MAX_PACKED_SAMPLES
     default_batch_size = 32
+    #: most packed calls a batch runs in parallel on CPU (one per core, up to this)
+    max_parallel = 8
 
     def __init__(self, spec, weights=None, device="auto", offline=None):
         super().__init__(spec, weights, device, offline)
@@ -202,6 +260,8 @@ class YamnetSavedModel(_YamnetBase):
                 warnings.simplefilter("ignore")  # TensorFlow's import-time deprecation chatter
                 import tensorflow as tf
 
+                if not tf.config.list_physical_devices("GPU"):
+                    self._n_parallel = single_threaded_tf_ops(tf, max(1, min(self.max_parallel, _cores())))
                 self._model = tf.saved_model.load(str(path))
         except ImportError:
             raise
@@ -220,6 +280,25 @@ class YamnetSavedModel(_YamnetBase):
     def _run(self, waveform):
         scores, embeddings, _ = self._model(self._tf.constant(waveform))
         return scores.numpy(), embeddings.numpy()
+
+
+def single_threaded_tf_ops(tf, n_calls: int) -> int:
+    """How many calls TensorFlow can run in parallel in this process with each op on one thread (1: none).
+
+    Sets TensorFlow's intra-op threads to 1 and its inter-op threads (where the parallel calls' ops run) to
+    ``n_calls``, when TensorFlow has not started yet and neither was set: thread counts are process-wide and fixed
+    at start, so a user who set them (or started TensorFlow) first keeps theirs. Left at 0, the inter-op pool
+    measured slower (51-53 against 59-60 clips/s end to end on 600 clips, 2 cores)."""
+    config = tf.config.threading
+    intra, inter = config.get_intra_op_parallelism_threads(), config.get_inter_op_parallelism_threads()
+    if intra or inter:  # the user's settings
+        return max(1, min(n_calls, inter)) if intra == 1 and inter else 1
+    try:
+        config.set_intra_op_parallelism_threads(1)
+        config.set_inter_op_parallelism_threads(n_calls)
+    except RuntimeError:  # TensorFlow has started, with its every-core pool
+        return 1
+    return n_calls
 
 
 class _LiteCall:
@@ -287,7 +366,6 @@ class YamnetLite(_YamnetBase):
         self.first_batch_size = 2 * self._n_parallel
         # a batch runs on single-threaded interpreters (made on first use); a lone clip on one with every core
         self._pool: list[_LiteCall] = []
-        self._executor = None
         self._solo = self._load(self._n_parallel)
 
     def _load(self, num_threads: int) -> _LiteCall:
@@ -305,49 +383,32 @@ class YamnetLite(_YamnetBase):
     def embed(self, waves: Sequence[np.ndarray], *, return_frames: bool = False) -> BackboneOutput:
         """One call per clip (packing's gap patches would cost more, see the module docstring): a lone clip in
         this thread on the every-core interpreter, a batch on the single-threaded ones in parallel."""
-        import threading
-
         waves = [np.asarray(w, np.float32) for w in waves]
         parallel = len(waves) > 1 and self._n_parallel > 1
         if parallel and not self._pool:
-            from concurrent.futures import ThreadPoolExecutor
-
             pool = [self._load(1) for _ in range(self._n_parallel)]
             with quiet_native_stderr():  # here, not in the threads: redirecting fd 2 is process-wide
                 for call in pool:
                     call(np.zeros(PATCH_SAMPLES - 1, np.float32))  # the XNNPACK delegate's start-up line
                     call.quiet_first_call = False
             self._pool = pool
-            self._executor = ThreadPoolExecutor(self._n_parallel, thread_name_prefix="yamnet-lite")
         emb = np.zeros((len(waves), self.embedding_dim), np.float32)
         scores = np.zeros((len(waves), len(self.class_names)), np.float32)
         frames: list[np.ndarray | None] = [None] * len(waves)
         # longest first (the last calls are short, so no thread waits long for another); equal patch counts stay
         # together, so each interpreter seldom re-allocates
         order = sorted(range(len(waves)), key=lambda i: -n_patches(waves[i].size))
-        lock, nxt = threading.Lock(), [0]
 
-        def work(call: _LiteCall) -> None:
-            while True:
-                with lock:
-                    if nxt[0] >= len(order):
-                        return
-                    i = order[nxt[0]]
-                    nxt[0] += 1
-                w = waves[i]
-                try:
-                    s, e = call(np.pad(w, (0, _call_length(w.size) - w.size)))  # Invoke releases the GIL
-                except BaseException:
-                    with lock:  # the batch has failed: the other threads stop too
-                        nxt[0] = len(order)
-                    raise
-                emb[i], scores[i] = e.mean(axis=0), s.mean(axis=0)
-                if return_frames:
-                    frames[i] = e
+        def one(call: _LiteCall, j: int) -> None:
+            i = order[j]
+            w = waves[i]
+            s, e = call(np.pad(w, (0, _call_length(w.size) - w.size)))
+            emb[i], scores[i] = e.mean(axis=0), s.mean(axis=0)
+            if return_frames:
+                frames[i] = e
 
         if parallel:
-            for f in [self._executor.submit(work, call) for call in self._pool[:len(waves)]]:
-                f.result()
+            in_parallel(self._parallel_executor(), self._pool[:len(waves)], len(waves), one)
         else:
-            work(self._solo)
+            in_parallel(None, [self._solo], len(waves), one)
         return BackboneOutput(emb, scores, frames if return_frames else None)
