@@ -102,18 +102,20 @@ def model_only(files: list[Path], model: str, batch_sizes: list[int]) -> dict:
         windows += [pad_to(x[i:i + win], bb.min_samples) for i in range(0, x.size, win)]
     bb.warmup()  # model-only is the steady state: one-off first-call costs paid before timing
     bb.embed(windows[:4])
-    # the model's best: every batch size, and for a backbone whose thread pool extract resizes
-    # (spare_cores_only) both one thread and one per core, since no decoding runs beside it here
-    threads = sorted({1, os.cpu_count() or 1}) if bb.spare_cores_only else [None]
+    # the model's best: every batch size, and for a backbone that changes how it uses the CPU in a job
+    # (Backbone.cpu_job) both plain calls (the library's own threads) and the job's way
+    from embedtag.embeddings.backbones.base import Backbone
+
+    ways = ["plain", "cpu_job"] if type(bb).cpu_job is not Backbone.cpu_job else ["plain"]
     best = {}
-    for n in threads:
-        with bb.cpu_threads(n) if n else contextlib.nullcontext():
+    for way in ways:
+        with bb.cpu_job() if way == "cpu_job" else contextlib.nullcontext():
             for bs in batch_sizes:
                 t = time.perf_counter()
                 for i in range(0, len(windows), bs):
                     bb.embed(windows[i:i + bs])
                 el = time.perf_counter() - t
-                best[f"{bs}" if n is None else f"{bs}x{n}threads"] = len(files) / el
+                best[f"{bs}" if len(ways) == 1 else f"{bs} {way}"] = len(files) / el
     key = max(best, key=best.get)
     return {"clips_per_s": best[key], "best_setting": key, "by_batch_size": best, "audio_s": audio_s}
 
@@ -305,9 +307,8 @@ def whole_process_note(rows: list[dict], repeats: int) -> str:
     if any(r["model"] in torch_models and r["extract_over_naive_speed"] > 2 for r in rows):
         text += ("The PyTorch naive loops run with PyTorch's default of one thread per core; on a shared, busy 2-core "
                  "machine those OpenMP threads busy-wait against the other work, which is most of extract's lead "
-                 "over them (extract gives the model the cores its decoding threads leave, every core for long "
-                 "windows; model_only.by_batch_size shows one thread against one per core). On an idle machine that "
-                 "lead would be smaller. ")
+                 "over them (extract runs single-threaded calls in parallel, one per core; model_only.by_batch_size "
+                 "shows plain calls against those). On an idle machine that lead would be smaller. ")
     if not losers:
         return text + "extract beat the naive loop for every backbone on both sets."
     return text + ("Slower than the naive loop: " + "; ".join(losers) + ". Where the model's calls are cheap "

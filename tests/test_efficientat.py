@@ -159,25 +159,43 @@ def test_a_checkpoint_of_another_width_is_refused(shared_models):
         load_backbone("efficientat-mn10", weights=require(shared_models / CKPT), device="cpu")
 
 
-def test_pipeline_gives_the_model_the_cores_decoding_leaves_then_restores_them(mn04, shared_data, monkeypatch):
-    """PyTorch's pool busy-waits, so the pipeline runs a torch backbone on the cores its decoding threads leave
-    (spare_cores_only) and puts the caller's thread count back afterwards; the embeddings do not change."""
-    import os
+def test_a_job_runs_single_threaded_calls_in_parallel_then_restores_the_threads(mn04, shared_data, monkeypatch):
+    """Inside a job (the pipeline's cpu_job) the model's calls run single-threaded, in parallel threads, one per core;
+    the caller's thread count comes back afterwards, the embeddings are those of each clip alone, and a failing
+    call fails the job instead of hanging it."""
+    import threading
 
+    from embedtag.embeddings.backbones import _torch_util
     from embedtag.embeddings.pipeline import encode
 
-    files = [require(shared_data / OFFICE / n) for n in ("speech001.wav", "knock001.wav")]
+    names = ("speech001.wav", "knock001.wav", "doorslam001.wav", "keysDrop001.wav", "phone036.wav")
+    files = [require(shared_data / OFFICE / n) for n in names]
     seen = []
-    real = mn04.embed
+    real = mn04._forward
 
-    def spy(waves, **kw):
-        seen.append(torch.get_num_threads())
-        return real(waves, **kw)
+    def spy(x):
+        seen.append((torch.get_num_threads(), threading.current_thread().name, torch.is_inference_mode_enabled()))
+        return real(x)
 
-    monkeypatch.setattr(mn04, "embed", spy)
-    monkeypatch.setattr(os, "cpu_count", lambda: 3)
-    assert mn04.spare_cores_only and torch.get_num_threads() == 1  # the module's one_torch_thread
-    emb = encode(files, mn04, workers=1)
-    assert seen and set(seen) == {2} and torch.get_num_threads() == 1
-    alone = np.stack([real([_clip(shared_data, f.name)]).embeddings[0] for f in files])
+    monkeypatch.setattr(mn04, "_forward", spy)
+    monkeypatch.setattr(_torch_util, "cpu_cores", lambda: 3)
+    torch.set_num_threads(2)  # the caller's own count
+    try:
+        emb = encode(files, mn04, batch_size=8)
+        assert torch.get_num_threads() == 2 and mn04._n_parallel == 1
+    finally:
+        torch.set_num_threads(1)  # the module's one_torch_thread
+    assert {t for t, _, _ in seen} == {1} and all(inference for _, _, inference in seen)
+    assert len({name for _, name, _ in seen}) > 1 and all(name.startswith(mn04.name) for _, name, _ in seen)
+    alone = np.stack([mn04.embed([_clip(shared_data, n)]).embeddings[0] for n in names])
     np.testing.assert_allclose(emb, alone, atol=1e-4)
+
+    def failing(x):
+        if x.shape[-1] > 100_000:
+            raise RuntimeError("forward failed")
+        return real(x)
+
+    monkeypatch.setattr(mn04, "_forward", failing)
+    with mn04.cpu_job(), pytest.raises(RuntimeError, match="forward failed"):
+        mn04.embed([_clip(shared_data, n) for n in names] + [np.zeros(200_000, np.float32)])
+    assert mn04._n_parallel == 1

@@ -90,19 +90,28 @@ def test_embedding_does_not_depend_on_batch(tmp_path, shared_models):
         np.testing.assert_allclose(ea[k], eb[k], atol=1e-4)
 
 
-def test_decoding_moves_into_the_calling_thread_once_the_model_takes_every_core(tmp_path, monkeypatch):
-    """A backbone that takes every core (decode_inline) gets the rest of its clips decoded between model calls,
-    in the pipeline's own thread; with --workers given the threads stay; the embeddings are the same."""
-    import threading
+def test_a_job_runs_inside_the_backbones_cpu_job_also_when_it_fails(tmp_path):
+    """The pipeline enters the backbone's cpu_job once around the whole job (every model call inside it) and
+    leaves it after, also when a strict job stops at a bad file."""
+    import contextlib
 
-    from embedtag.embeddings import pipeline
     from embedtag.embeddings.backbones.base import Backbone, BackboneOutput
+    from embedtag.errors import AudioError
 
     class Rms(Backbone):  # a tiny deterministic "model": the clip's RMS and peak
         name, family, sample_rate, embedding_dim, min_samples, class_names = "rms", "rms", 16000, 2, 1, []
+        events: list[str] = []
+
+        @contextlib.contextmanager
+        def cpu_job(self):
+            self.events.append("enter")
+            try:
+                yield
+            finally:
+                self.events.append("exit")
 
         def embed(self, waves, *, return_frames=False):
-            self.decode_inline = True  # as TorchBackbone does when it takes every core
+            self.events.append("embed")
             return BackboneOutput(np.array([[np.sqrt(np.mean(w ** 2)), np.abs(w).max()] for w in waves],
                                            np.float32))
 
@@ -111,22 +120,87 @@ def test_decoding_moves_into_the_calling_thread_once_the_model_takes_every_core(
     src.mkdir()
     for i in range(12):
         sf.write(src / f"c{i:02d}.wav", 0.1 * rng.standard_normal(1600 * (i + 1)), 16000)
-    where: list[str] = []
-    real_decode = pipeline._decode
-    monkeypatch.setattr(pipeline, "_decode", lambda *a: where.append(threading.current_thread().name) or
+    bb = Rms()
+    s = extract(src, tmp_path / "a", model=bb, batch_size=2, progress=False)
+    assert s.n_stored == 12
+    assert bb.events[0] == "enter" and bb.events[-1] == "exit" and bb.events.count("embed") >= 6
+    assert bb.events.count("enter") == 1 and bb.events.count("exit") == 1
+    (src / "c05.wav").write_bytes(b"not audio")
+    bb.events.clear()
+    with pytest.raises(AudioError):
+        extract(src, tmp_path / "b", model=bb, batch_size=2, strict=True, progress=False)
+    assert bb.events[0] == "enter" and bb.events[-1] == "exit"
+
+
+def test_decoding_starts_while_the_model_loads_and_gives_the_same_store(tmp_path, shared_models, monkeypatch):
+    """A model given by name is loaded while the decoding threads already work on the first clips (a new store);
+    the store is the same as with a model loaded beforehand (no early decoding)."""
+    import threading
+
+    from embedtag.embeddings import pipeline
+    from embedtag.embeddings.registry import load_backbone
+
+    src = require(OFFICE)
+    decoded_in: list[str] = []
+    real_decode, real_load = pipeline._decode, pipeline._load
+    monkeypatch.setattr(pipeline, "_decode", lambda *a: decoded_in.append(threading.current_thread().name) or
                         real_decode(*a))
-    rows = {}
-    for workers, out in ((None, "a"), (1, "b")):
-        where.clear()
-        extract(src, tmp_path / out, model=Rms(), batch_size=2, workers=workers, progress=False)
-        rows[out] = dict(zip(open_store(tmp_path / out).clip_ids, open_store(tmp_path / out).embeddings()))
-        if workers is None:
-            assert where[0].startswith("embedtag-decode") and where[-1] == threading.main_thread().name, where
-        else:
-            assert all(w.startswith("embedtag-decode") for w in where), where
-    assert rows["a"].keys() == rows["b"].keys() and len(rows["a"]) == 12
-    for k in rows["a"]:
-        np.testing.assert_array_equal(rows["a"][k], rows["b"][k])
+    during_load = []
+
+    def load(*a):
+        deadline = time.monotonic() + 10
+        while not decoded_in and time.monotonic() < deadline:
+            time.sleep(0.01)
+        during_load.append(len(decoded_in))
+        return real_load(*a)
+
+    monkeypatch.setattr(pipeline, "_load", load)
+    early = extract(src, tmp_path / "early", model="yamnet-lite", limit=20, progress=False)
+    assert during_load[0] > 0 and all(n.startswith("embedtag-decode") for n in decoded_in)
+    assert len(decoded_in) == 20  # each clip decoded once
+    monkeypatch.setattr(pipeline, "_load", real_load)
+    plain = extract(src, tmp_path / "plain", model=load_backbone("yamnet-lite"), limit=20, progress=False)
+    assert early.n_stored == plain.n_stored == 20
+    a, b = open_store(tmp_path / "early"), open_store(tmp_path / "plain")
+    assert a.clip_ids == b.clip_ids
+    np.testing.assert_allclose(a.embeddings(), b.embeddings(), atol=1e-6)
+    # into an existing store nothing is decoded before the model is loaded (which clips are left comes first)
+    during_load.clear()
+    monkeypatch.setattr(pipeline, "_load", lambda *a: during_load.append(len(decoded_in)) or real_load(*a))
+    decoded_in.clear()
+    extract(src, tmp_path / "early", model="yamnet-lite", limit=24, progress=False)
+    assert during_load == [0] and len(decoded_in) == 4
+
+
+def test_run_passes_over_clips_of_an_earlier_decoding_it_was_not_given(tmp_path):
+    """A decoding started on more clips than the job has left (another writer stored some meanwhile) embeds only
+    the job's clips; one started at another sample rate is refused."""
+    from embedtag.embeddings import pipeline
+    from embedtag.embeddings.backbones.base import Backbone, BackboneOutput
+    from embedtag.errors import ParamError
+    from embedtag.inputs import ClipSource
+
+    class Rms(Backbone):
+        name, family, sample_rate, embedding_dim, min_samples, class_names = "rms", "rms", 16000, 1, 1, []
+
+        def embed(self, waves, *, return_frames=False):
+            return BackboneOutput(np.array([[np.sqrt(np.mean(w ** 2))] for w in waves], np.float32))
+
+    rng = np.random.default_rng(0)
+    sources = []
+    for i in range(10):
+        sf.write(tmp_path / f"c{i}.wav", (0.01 * (i + 1) * rng.standard_normal(1600)).astype(np.float32), 16000)
+        sources.append(ClipSource(f"c{i}.wav", str(tmp_path / f"c{i}.wav")))
+    got = []
+    decoding = pipeline.Decoding(sources, 16000, workers=1, ahead=4, window_s=10.0, max_duration_s=None)
+    pipeline.run(Rms(), sources[::3], on_batch=lambda recs: got.extend(r["clip_id"] for r in recs),
+                 on_error=lambda s, e: None, max_duration_s=None, decoding=decoding)
+    assert got == ["c0.wav", "c3.wav", "c6.wav", "c9.wav"] and not decoding.queued
+    decoding = pipeline.Decoding(sources, 32000, workers=1, ahead=4, window_s=10.0, max_duration_s=None)
+    with pytest.raises(ParamError, match="32000 Hz"):
+        pipeline.run(Rms(), sources, on_batch=lambda recs: None, on_error=lambda s, e: None, max_duration_s=None,
+                     decoding=decoding)
+    assert not decoding.queued
 
 
 def test_crash_mid_run_then_resume_stores_every_clip_once(tmp_path, shared_models, monkeypatch):

@@ -13,7 +13,6 @@ most the batch in flight, and a rerun skips every clip already stored and tries 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -182,20 +181,62 @@ def run_settings(backbone, *, pooling: str, batch_size: int | None, window_s: fl
     return batch_size, window_s
 
 
+class Decoding:
+    """Clips decoded ahead of the model, in input order: ``workers`` threads (0: in the caller's thread, when asked
+    for) decode up to ``ahead`` clips beyond the one being embedded. It can start before the model is loaded
+    (:func:`extract` does, for a model given by name): loading PyTorch or TensorFlow keeps one core busy for
+    ~2-3 s, in which the decoding threads (soundfile and soxr release the GIL) get the first clips ready."""
+
+    def __init__(self, sources: Iterable[ClipSource], sample_rate: int, *, workers: int, ahead: int,
+                 window_s: float, max_duration_s: float | None):
+        self.sample_rate, self.window_s, self.max_duration_s = sample_rate, window_s, max_duration_s
+        self.ahead = ahead
+        self.queued: list[tuple[ClipSource, Future]] = []
+        self._it = iter(sources)
+        self._pool = (ThreadPoolExecutor(max_workers=workers, thread_name_prefix="embedtag-decode") if workers
+                      else _InlineExecutor())
+        self.fill()
+
+    def fill(self) -> None:
+        while len(self.queued) < self.ahead:
+            try:
+                s = next(self._it)
+            except StopIteration:
+                return
+            self.queued.append((s, self._pool.submit(_decode, s, self.sample_rate, self.window_s,
+                                                     self.max_duration_s)))
+
+    def next(self) -> tuple[ClipSource, Future] | None:
+        """The next clip and its decoding (None after the last); queues another behind it."""
+        if not self.queued:
+            return None
+        item = self.queued.pop(0)
+        self.fill()
+        return item
+
+    def close(self) -> None:
+        """Stop (again: nothing): clips not yet started are dropped, the threads finish the ones they are on."""
+        for _, f in self.queued:
+            f.cancel()
+        self.queued.clear()
+        self._it = iter(())
+        self._pool.shutdown(wait=True)
+
+
 def run(backbone, sources: Sequence[ClipSource], *, on_batch: Callable[[list[dict]], None],
         on_error: Callable[[ClipSource, EmbedtagError], None], batch_size: int | None = None,
         workers: int | None = None, pooling: str = "mean", window_s: float | None = None,
         max_duration_s: float | None = A.DEFAULT_MAX_DURATION_S,
-        on_progress: Callable[[int], None] | None = None) -> None:
+        on_progress: Callable[[int], None] | None = None, decoding: Decoding | None = None) -> None:
     """Embed ``sources`` with ``backbone``; hand finished clips to ``on_batch`` once per model batch.
 
     Decoding runs in ``workers`` threads, up to two batches of clips ahead of the model, so that the next batch
     is decoded while the model runs (memory: at most ``2 * batch_size`` clips of ``STREAM_THRESHOLD_WINDOWS``
-    windows; longer clips are streamed). Once a backbone takes every core (``Backbone.decode_inline``), clips
-    are decoded in this thread between model calls instead, unless ``workers`` was given.
+    windows; longer clips are streamed). The whole job runs inside ``backbone.cpu_job()`` (how the model uses the
+    CPU beside the decoding threads). ``decoding``: one started earlier on ``sources`` (or on a list they are in,
+    in the same order: its clips not in ``sources`` are passed over); run closes it.
     """
     batch_size, window_s = run_settings(backbone, pooling=pooling, batch_size=batch_size, window_s=window_s)
-    auto_workers = workers is None  # the user's --workers is kept as given
     workers = default_workers() if workers is None else int(workers)
     if workers < 0:
         raise EmbedtagError(f"workers must be >= 0, got {workers}")
@@ -224,28 +265,24 @@ def run(backbone, sources: Sequence[ClipSource], *, on_batch: Callable[[list[dic
 
     streaming: list[_Acc | None] = [None]  # the clip whose windows are still being read
     batch_now = min(batch_size, backbone.first_batch_size or batch_size)  # ramps up to batch_size (see Backbone)
-    # the backbone says whether its thread pool should leave the decoding threads their cores
-    threads = (backbone.cpu_threads(max(1, (os.cpu_count() or 1) - workers)) if backbone.spare_cores_only
-               else contextlib.nullcontext())
-    with threads, (ThreadPoolExecutor(max_workers=workers, thread_name_prefix="embedtag-decode") if workers
-                   else _InlineExecutor()) as pool:
-        ahead: list[tuple[ClipSource, Future]] = []
-        decoder = [pool]  # becomes inline when the backbone takes every core (Backbone.decode_inline)
-        it = iter(sources)
-
-        def refill() -> None:
-            while len(ahead) < prefetch:
-                try:
-                    s = next(it)
-                except StopIteration:
-                    return
-                ahead.append((s, decoder[0].submit(_decode, s, sr, window_s, max_duration_s)))
-
-        refill()
-        try:
-            while ahead:
-                src, fut = ahead.pop(0)
-                refill()
+    wanted = None
+    if decoding is None:
+        decoding = Decoding(sources, sr, workers=workers, ahead=prefetch, window_s=window_s,
+                            max_duration_s=max_duration_s)
+    elif decoding.sample_rate != sr or decoding.window_s != window_s or decoding.max_duration_s != max_duration_s:
+        decoding.close()
+        raise ParamError(f"decoding was started at {decoding.sample_rate} Hz, {decoding.window_s:g} s windows, "
+                         f"max {decoding.max_duration_s} s; {backbone.name} needs {sr} Hz, {window_s:g} s, "
+                         f"max {max_duration_s} s")
+    else:
+        decoding.ahead = max(decoding.ahead, prefetch)
+        wanted = {s.clip_id for s in sources}
+    try:
+        with backbone.cpu_job():
+            while (item := decoding.next()) is not None:
+                src, fut = item
+                if wanted is not None and src.clip_id not in wanted:
+                    continue  # stored meanwhile by another writer (see extract)
                 try:
                     decoded = fut.result()
                 except EmbedtagError as exc:
@@ -269,8 +306,6 @@ def run(backbone, sources: Sequence[ClipSource], *, on_batch: Callable[[list[dic
                         if len(windows) >= batch_now:
                             flush()
                             batch_now = min(batch_size, 2 * batch_now)
-                            if backbone.decode_inline and auto_workers:
-                                decoder[0] = _InlineExecutor()
                 except EmbedtagError as exc:  # a stream that breaks half-way: drop the clip, record why
                     waiting.remove(acc)
                     keep = [(i, o) for i, o in enumerate(owners) if o[0] is not acc]
@@ -283,10 +318,8 @@ def run(backbone, sources: Sequence[ClipSource], *, on_batch: Callable[[list[dic
                     continue
                 streaming[0] = None
             flush()
-        except BaseException:
-            for _, f in ahead:
-                f.cancel()
-            raise
+    finally:
+        decoding.close()
 
 
 class _InlineExecutor:
@@ -297,6 +330,9 @@ class _InlineExecutor:
 
     def __exit__(self, *exc):
         return False
+
+    def shutdown(self, wait: bool = True) -> None:
+        pass
 
     def submit(self, fn, *args) -> Future:
         fut: Future = Future()
@@ -310,7 +346,9 @@ class _InlineExecutor:
 def default_workers() -> int:
     """Decoding threads: one core is left to the model. On 2 cores one thread is fastest (measured: more threads
     only add GIL contention, and the model's own threads need the other core)."""
-    return max(1, min(4, (os.cpu_count() or 2) - 1))
+    from embedtag.embeddings.backbones.base import cpu_cores
+
+    return max(1, min(4, cpu_cores() - 1))
 
 
 # ----------------------------------------------------------------------------------------------- API
@@ -395,17 +433,51 @@ def extract(src, out: str | os.PathLike, model=None, *, labels=None, weights=Non
     the same store; the other arguments mean the same, except ``device`` and ``workers`` (actors use CUDA when
     ``gpus_per_actor`` > 0; decoding runs on the cluster's CPUs).
     """
-    from embedtag.store import EmbeddingStore, StoreManifest
-
     check_extract_options(batch_size=batch_size, workers=workers, pooling=pooling, window_s=window_s,
                           max_duration_s=max_duration_s, limit=limit)
     engine_run = _engine(engine, ray_address=ray_address, actors=actors, gpus_per_actor=gpus_per_actor,
                          cpus_per_decoder=cpus_per_decoder, weights=weights)
     # clip ids come back valid UTF-8 (a non-UTF-8 file name is escaped); paths stay the real ones
     sources = resolve_sources(src, labels, exclude=[out], allow_outside_root=allow_outside_root, limit=limit)
-    # with Ray the driver's copy only names the model (the actors load their own): keep it off the GPUs
-    backbone = _load(model, weights, "cpu" if engine == "ray" else device)
-    _, window_s = run_settings(backbone, pooling=pooling, batch_size=batch_size, window_s=window_s)
+    decoding = _decode_while_loading(model, sources, out, engine=engine, workers=workers, batch_size=batch_size,
+                                     window_s=window_s, max_duration_s=max_duration_s)
+    try:
+        # with Ray the driver's copy only names the model (the actors load their own): keep it off the GPUs
+        backbone = _load(model, weights, "cpu" if engine == "ray" else device)
+        _, window_s = run_settings(backbone, pooling=pooling, batch_size=batch_size, window_s=window_s)
+        if decoding is not None and decoding.sample_rate != backbone.sample_rate:
+            decoding.close()  # a fallback backbone at another rate (none registered does this)
+            decoding = None
+        return _extract_into_store(backbone, sources, out, decoding, engine_run, window_s=window_s, pooling=pooling,
+                                   scores=scores, strict=strict, batch_size=batch_size, workers=workers,
+                                   max_duration_s=max_duration_s, progress=progress)
+    finally:
+        if decoding is not None:
+            decoding.close()  # run closed it already, unless the job never started
+
+
+def _decode_while_loading(model, sources: Sequence[ClipSource], out, *, engine: str, workers: int | None,
+                          batch_size: int | None, window_s: float | None,
+                          max_duration_s: float | None) -> Decoding | None:
+    """Start decoding the first clips before a model given by name is loaded (see :class:`Decoding`): into a new
+    store only (a rerun first needs the store to know which clips are left), on this machine, in threads."""
+    from embedtag.embeddings.backbones.base import Backbone
+    from embedtag.embeddings.registry import DEFAULT_MODEL, get_spec
+    from embedtag.store import MANIFEST_NAME
+
+    if isinstance(model, Backbone) or engine != "local" or workers == 0 or not sources or \
+            (Path(out) / MANIFEST_NAME).exists():
+        return None
+    spec = get_spec(model or DEFAULT_MODEL)
+    return Decoding(sources, spec.sample_rate, workers=default_workers() if workers is None else workers,
+                    ahead=2 * (batch_size or 32), window_s=float(window_s or DEFAULT_WINDOW_S),
+                    max_duration_s=max_duration_s)
+
+
+def _extract_into_store(backbone, sources, out, decoding, engine_run, *, window_s, pooling, scores, strict,
+                        batch_size, workers, max_duration_s, progress) -> ExtractSummary:
+    from embedtag.store import EmbeddingStore, StoreManifest
+
     manifest = StoreManifest(
         backbone=backbone.name, embedding_dim=backbone.embedding_dim * (2 if pooling == "meanmax" else 1),
         sample_rate=backbone.sample_rate, pooling=pooling, window_s=window_s,
@@ -440,9 +512,11 @@ def extract(src, out: str | os.PathLike, model=None, *, labels=None, weights=Non
             summary.n_skipped = len(sources) - len(todo)
             summary.n_retried = sum(s.clip_id in failed for s in todo)
             with _progress_bar(progress, len(todo), f"{backbone.name} → {Path(out).name}") as advance:
+                extra = {} if decoding is None else {"decoding": decoding}
                 summary.ray = engine_run(backbone, todo, on_batch=on_batch, on_error=on_error,
                                          batch_size=batch_size, workers=workers, pooling=pooling,
-                                         window_s=window_s, max_duration_s=max_duration_s, on_progress=advance)
+                                         window_s=window_s, max_duration_s=max_duration_s, on_progress=advance,
+                                         **extra)
             summary.n_relabelled = _update_labels(store, sources)
     finally:
         summary.elapsed_s = time.perf_counter() - start

@@ -8,7 +8,7 @@ from contextlib import contextmanager, nullcontext
 
 import numpy as np
 
-from embedtag.embeddings.backbones.base import Backbone, BackboneOutput
+from embedtag.embeddings.backbones.base import Backbone, BackboneOutput, cpu_cores
 from embedtag.errors import WeightsError
 
 
@@ -60,53 +60,50 @@ def load_checkpoint_state(path) -> dict:
     return state
 
 
+def split_calls(calls: list[list[int]], n: int) -> list[list[int]]:
+    """Halve the largest calls until there are ``n`` (a call of one clip stays whole), so every thread of a batch
+    has work; rows of a same-length call stay together in each half, so results do not change."""
+    calls = list(calls)
+    while 0 < len(calls) < n:
+        big = max(calls, key=len)
+        if len(big) < 2:
+            break
+        calls.remove(big)
+        calls += [big[:len(big) // 2], big[len(big) // 2:]]
+    return calls
+
+
 class TorchBackbone(Backbone):
     """A PyTorch backbone: subclasses set ``mixed_precision`` and implement ``_forward(x)`` returning
     (clip embeddings, class probabilities, frame embeddings) for a (batch, samples) tensor."""
 
     mixed_precision: bool = True
-    #: PyTorch's OpenMP threads busy-wait: with a decoding thread on the same cores, the default of one thread per
-    #: core ran efficientat-mn04 5-13x slower than one thread on a busy 2-core machine (1.5-3.8 s vs 19-31 s for
-    #: 30 clips of ~7 s), so the model gets the cores decoding leaves, unless the windows are long (below)
-    spare_cores_only = True
-    _threads: tuple[int, int, bool] | None = None  # (spare cores, every core, decided) inside cpu_threads()
-    #: windows this long (median of a job's first call) get every core, decoded between model calls: decoding is
-    #: then a small share. On an idle 2-core machine efficientat-mn04 embedded 60 clips of ~7 s in 1.4-1.8 s so
-    #: against 2.0-2.3 s on one core beside a decoding thread; 200 clips of median 0.45 s took 2.9 s on one core
-    #: beside the decoder, 3.5-3.9 s on both. A heavier network sets it lower (PANNs: 0)
-    all_cores_min_s = 4.0
+    #: most single-threaded calls a job runs in parallel on CPU (one per core, up to this)
+    max_parallel = 8
 
     @contextmanager
-    def cpu_threads(self, n: int):
+    def cpu_job(self):
+        """On CPU, a job's model calls run single-threaded, in parallel, one per core (up to ``max_parallel``);
+        PyTorch's thread count is put back after. PyTorch's OpenMP pool syncs its threads at every op and
+        busy-waits, so a decoding thread beside it stalled every call (efficientat-mn04 ran 5-13x slower on a
+        busy 2-core machine), while single-threaded calls in parallel leave nothing to stall and use every core.
+        Measured end to end on 2 cores, against the earlier rule (every core for long windows, decoded between
+        calls; spare cores beside a decoding thread for short ones): mn04 on 60 long clips 1.1-1.3 s against
+        1.4-1.6, on 200 short ones 1.74-1.8 against 2.0-2.7; yamnet-torch 1.6 against 2.35-2.6 (long) and
+        1.4-1.7 against 1.6-1.85 (short); PANNs about even (9.3-11.9 against 10.3-11.5 s on 30 long clips)."""
         import torch
 
         if not self.device.startswith("cpu"):
             yield
             return
         before = torch.get_num_threads()
-        self._threads = (max(1, int(n)), before, False)
-        torch.set_num_threads(self._threads[0])
+        torch.set_num_threads(1)
+        self._n_parallel = max(1, min(self.max_parallel, cpu_cores()))
         try:
             yield
         finally:
-            self._threads = None
-            self.decode_inline = False
+            self._n_parallel = 1
             torch.set_num_threads(before)
-
-    def _choose_threads(self, waves: Sequence[np.ndarray]) -> None:
-        """Inside :meth:`cpu_threads`, the first call decides for the rest of the job: windows of a median
-        ``all_cores_min_s`` or more get every core back and the pipeline decodes between model calls
-        (``decode_inline``: decoding is then a small share of the work), shorter ones keep the spare cores beside
-        the decoding threads. Decided once: switching the thread count call by call cost more than it saved."""
-        if self._threads is None or self._threads[2] or not waves:
-            return
-        import torch
-
-        spare, every, _ = self._threads
-        long_windows = np.median([len(w) for w in waves]) >= self.all_cores_min_s * self.sample_rate
-        torch.set_num_threads(every if long_windows else spare)
-        self._threads = (spare, every, True)
-        self.decode_inline = bool(long_windows and every > spare)
 
     def _forward(self, x):
         raise NotImplementedError
@@ -119,15 +116,20 @@ class TorchBackbone(Backbone):
         emb = np.zeros((len(waves), self.embedding_dim), np.float32)
         scores = np.zeros((len(waves), len(self.class_names)), np.float32)
         frames: list = [None] * len(waves)
-        self._choose_threads(waves)
-        with torch.inference_mode(), autocast(self.device, self.mixed_precision):
-            for idx in same_length_batches(waves, batch_size or self.default_batch_size):
+        calls = split_calls(list(same_length_batches(waves, batch_size or self.default_batch_size)), self._n_parallel)
+        calls.sort(key=lambda idx: -len(idx) * len(waves[idx[0]]))  # longest first: no thread waits long at the end
+
+        def one(_, j: int) -> None:
+            idx = calls[j]
+            with torch.inference_mode(), autocast(self.device, self.mixed_precision):  # both are per thread
                 x = to_device(np.stack([waves[i] for i in idx]), self.device)
                 clip, prob, fr = self._forward(x)
                 emb[idx] = clip.float().cpu().numpy()
                 scores[idx] = prob.float().cpu().numpy()
                 if return_frames:
                     fr = fr.float().cpu().numpy()
-                    for j, i in enumerate(idx):
-                        frames[i] = fr[j]
+                    for k, i in enumerate(idx):
+                        frames[i] = fr[k]
+
+        self._in_parallel(len(calls), one)
         return BackboneOutput(emb, scores, frames if return_frames else None)

@@ -7,8 +7,10 @@ internally for speed, padding never leaks into another clip's result (batch inva
 
 from __future__ import annotations
 
+import os
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,16 +49,13 @@ class Backbone(ABC):
     #: inputs a job needs before :meth:`warmup` pays for itself (what it costs against what it saves, measured
     #: per backbone); None: never (no warm-up, or one that never pays)
     warmup_min_inputs: int | None = None
-    #: on CPU, the model's own thread pool gets only the cores the pipeline's decoding threads leave (at least one)
-    #: instead of the library's default of every core: right where the pool busy-waits (see ``cpu_threads``)
-    spare_cores_only: bool = False
     #: the pipeline's first batch (windows); later ones double up to the batch size, so the model starts once a
     #: few clips are decoded instead of a whole batch. For backbones that call the model per clip anyway (the batch
     #: size buys them nothing); None: every batch is full size
     first_batch_size: int | None = None
-    #: set during a job (see ``cpu_threads``) once the model runs on every core: from then on the pipeline decodes
-    #: in its own thread between model calls, as a decoding thread beside the model would stall its thread pool
-    decode_inline: bool = False
+    #: model calls of one batch run in this many threads at once (see ``_in_parallel``); 1: one after another
+    _n_parallel: int = 1
+    _executor = None
 
     @abstractmethod
     def embed(self, waves: Sequence[np.ndarray], *, return_frames: bool = False) -> BackboneOutput:
@@ -70,10 +69,22 @@ class Backbone(ABC):
         ``warmup_min_inputs``)."""
         return None
 
-    def cpu_threads(self, n: int):
-        """Context manager: the model runs on ``n`` CPU threads inside it, as before after it. The default changes
-        nothing (a backbone whose pool cannot be resized, or need not be)."""
+    def cpu_job(self):
+        """Context manager the pipeline runs a whole job in, with its decoding threads beside the model: a backbone
+        may change how it uses the CPU for the job (``TorchBackbone``: single-threaded calls in parallel), and puts
+        everything back after it. The default changes nothing."""
         return nullcontext()
+
+    def _in_parallel(self, n_jobs: int, one: Callable, calls: Sequence | None = None) -> None:
+        """``one(call, j)`` for every job ``j`` of a batch, spread over ``_n_parallel`` threads (each passes its own
+        entry of ``calls``, default None: e.g. an interpreter of its own); in this thread when there is one."""
+        calls = list(calls) if calls is not None else [None] * self._n_parallel
+        calls = calls[:max(1, min(len(calls), n_jobs))]
+        if len(calls) > 1 and (self._executor is None or self._executor._max_workers < len(calls)):
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._executor = ThreadPoolExecutor(len(calls), thread_name_prefix=self.name)
+        in_parallel(self._executor if len(calls) > 1 else None, calls, n_jobs, one)
 
     @property
     def weights_sha256(self) -> str | None:
@@ -84,6 +95,43 @@ class Backbone(ABC):
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(name={self.name!r}, dim={self.embedding_dim}, "
                 f"sample_rate={self.sample_rate}, device={self.device!r})")
+
+
+def cpu_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which a container may limit), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def in_parallel(executor, calls: Sequence, n_jobs: int, one: Callable) -> None:
+    """``one(call, j)`` for every job ``j`` in ``range(n_jobs)``, taken in order by one thread of ``executor`` per
+    entry of ``calls`` (each thread passes its own entry); ``executor`` None runs them all in this thread on
+    ``calls[0]``. Small models ran faster as single-threaded calls in parallel than as one call on every core (their
+    many small ops sync a multi-threaded pool at each step; see the backbones). A failing job stops the other threads
+    and is raised."""
+    lock, nxt = threading.Lock(), [0]
+
+    def work(call) -> None:
+        while True:
+            with lock:
+                if nxt[0] >= n_jobs:
+                    return
+                j = nxt[0]
+                nxt[0] += 1
+            try:
+                one(call, j)  # PyTorch, TensorFlow and TFLite release the GIL while they compute
+            except BaseException:
+                with lock:
+                    nxt[0] = n_jobs
+                raise
+
+    if executor is None:
+        work(calls[0])
+        return
+    for f in [executor.submit(work, call) for call in calls]:
+        f.result()
 
 
 def resolve_device(device: str | None) -> str:

@@ -51,9 +51,6 @@ class PannsBackbone(TorchBackbone):
     embedding_dim = 2048
     min_samples = 32000  # five 2x time poolings need >= ~1 s of frames
     default_batch_size = 16
-    #: every core at any window length: Cnn14's calls are heavy enough to use them (60 clips of median 0.45 s,
-    #: 2 idle cores: 6.7-6.8 s on both, decoded between calls, against 10.7-11.5 s on one beside a decoding thread)
-    all_cores_min_s = 0.0
 
     def __init__(self, spec, weights=None, device="auto", offline=None, mixed_precision: bool = True):
         import torch

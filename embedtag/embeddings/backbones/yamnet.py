@@ -30,12 +30,11 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import threading
 from collections.abc import Sequence
 
 import numpy as np
 
-from embedtag.embeddings.backbones.base import Backbone, BackboneOutput
+from embedtag.embeddings.backbones.base import Backbone, BackboneOutput, cpu_cores
 from embedtag.embeddings.registry import yamnet_labels
 from embedtag.embeddings.weights import resolve
 from embedtag.errors import WeightsError
@@ -152,17 +151,6 @@ class _YamnetBase(Backbone):
             self._run(np.zeros(MAX_PACKED_SAMPLES, np.float32))
             self._warm = True
 
-    #: packed calls a batch runs in parallel threads (1: one after another); set by the subclass
-    _n_parallel = 1
-    _executor = None
-
-    def _parallel_executor(self):
-        if self._executor is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            self._executor = ThreadPoolExecutor(self._n_parallel, thread_name_prefix=self.name)
-        return self._executor
-
     def embed(self, waves: Sequence[np.ndarray], *, return_frames: bool = False) -> BackboneOutput:
         """Clips packed into calls of at most ``MAX_PACKED_SAMPLES``, run in parallel where the ops are
         single-threaded (``YamnetLite`` calls per clip instead)."""
@@ -176,46 +164,18 @@ class _YamnetBase(Backbone):
         groups = _groups(waves, min(MAX_PACKED_SAMPLES, -(-need // n)))
         groups.sort(key=lambda g: -sum(waves[i].size for i in g))
 
-        def one(run, j: int) -> None:
+        def one(_, j: int) -> None:
             group = groups[j]
             packed, spans = pack([waves[i] for i in group])
-            s, e = run(packed)
+            s, e = self._run(packed)
             for i, (first, m) in zip(group, spans):
                 emb[i] = e[first:first + m].mean(axis=0)
                 scores[i] = s[first:first + m].mean(axis=0)
                 if return_frames:
                     frames[i] = e[first:first + m].copy()
 
-        calls = [self._run] * min(n, len(groups))
-        in_parallel(self._parallel_executor() if len(calls) > 1 else None, calls, len(groups), one)
+        self._in_parallel(len(groups), one)
         return BackboneOutput(emb, scores, frames if return_frames else None)
-
-
-def in_parallel(executor, calls: list, n_jobs: int, one) -> None:
-    """``one(call, j)`` for every job ``j`` in ``range(n_jobs)``, taken in order by one thread per entry of
-    ``calls`` (each thread passes its own entry: an interpreter, or a shared thread-safe callable); ``executor``
-    None runs them all in this thread on ``calls[0]``. A failing job stops the other threads and is raised."""
-    lock, nxt = threading.Lock(), [0]
-
-    def work(call) -> None:
-        while True:
-            with lock:
-                if nxt[0] >= n_jobs:
-                    return
-                j = nxt[0]
-                nxt[0] += 1
-            try:
-                one(call, j)  # TensorFlow and TFLite release the GIL while they compute
-            except BaseException:
-                with lock:
-                    nxt[0] = n_jobs
-                raise
-
-    if executor is None:
-        work(calls[0])
-        return
-    for f in [executor.submit(work, call) for call in calls]:
-        f.result()
 
 
 def _groups(waves: list[np.ndarray], max_samples: int) -> list[list[int]]:
@@ -261,7 +221,7 @@ class YamnetSavedModel(_YamnetBase):
                 import tensorflow as tf
 
                 if not tf.config.list_physical_devices("GPU"):
-                    self._n_parallel = single_threaded_tf_ops(tf, max(1, min(self.max_parallel, _cores())))
+                    self._n_parallel = single_threaded_tf_ops(tf, max(1, min(self.max_parallel, cpu_cores())))
                 self._model = tf.saved_model.load(str(path))
         except ImportError:
             raise
@@ -331,13 +291,6 @@ class _LiteCall:
         return self.interp.get_tensor(self.scores_idx).copy(), self.interp.get_tensor(self.emb_idx).copy()
 
 
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 class YamnetLite(_YamnetBase):
     """YAMNet via the TFLite file and ai-edge-litert (falls back to tf.lite when only TensorFlow is there)."""
 
@@ -361,7 +314,7 @@ class YamnetLite(_YamnetBase):
         if path.is_dir():
             path = path / "yamnet.tflite"
         self._interpreter_cls, self._path = Interpreter, path
-        self._n_parallel = max(1, min(self.max_parallel, _cores()))
+        self._n_parallel = max(1, min(self.max_parallel, cpu_cores()))
         # a call per clip: small first batches cost nothing and let the model start while decoding goes on
         self.first_batch_size = 2 * self._n_parallel
         # a batch runs on single-threaded interpreters (made on first use); a lone clip on one with every core
@@ -407,8 +360,5 @@ class YamnetLite(_YamnetBase):
             if return_frames:
                 frames[i] = e
 
-        if parallel:
-            in_parallel(self._parallel_executor(), self._pool[:len(waves)], len(waves), one)
-        else:
-            in_parallel(None, [self._solo], len(waves), one)
+        self._in_parallel(len(waves), one, self._pool if parallel else [self._solo])
         return BackboneOutput(emb, scores, frames if return_frames else None)

@@ -361,14 +361,11 @@ class YamnetTorch(TorchBackbone):
     embedding_dim = 1024
     min_samples = MIN_SAMPLES
     default_batch_size = 64
-    #: patches per network call: bounds activation memory (~0.4 MB per patch at the widest layer). On CPU calls
-    #: stay small enough for the caches: 64 patches took 3.8-4.5 ms a patch, 256 took 5.4-10 ms (1-2 threads)
+    #: patches per network call: bounds activation memory (~0.4 MB per patch at the widest layer). On CPU, in a
+    #: job's parallel single-threaded calls, 32 patches beat 64 (60 long clips end to end 1.6 s against 1.9-2.2,
+    #: 200 short ones 1.4-1.7 against 1.65-1.7); in one call on every core 64 took 3.8-4.5 ms a patch, 256 5.4-10
     max_patches = 256
-    max_patches_cpu = 64
-    #: every core at any clip length: a call stacks the patches of all clips of a batch, so it is large however
-    #: short the clips (200 clips of median 0.45 s, 2 idle cores: 1.95-2.32 s on both, decoded between calls,
-    #: against 2.75-4.34 s on one beside a decoding thread)
-    all_cores_min_s = 0.0
+    max_patches_cpu = 32
 
     def __init__(self, spec, weights=None, device="auto", offline=None, mixed_precision: bool = True):
         from embedtag.embeddings.registry import yamnet_labels
@@ -393,21 +390,34 @@ class YamnetTorch(TorchBackbone):
     def embed(self, waves: Sequence[np.ndarray], *, return_frames: bool = False,
               batch_size: int | None = None) -> BackboneOutput:
         waves = [np.asarray(w, np.float32) for w in waves]
-        self._choose_threads(waves)
         counts = [n_patches(w.size) for w in waves]
         total = sum(counts)
         emb = np.zeros((total, self.embedding_dim), np.float32)
         prob = np.zeros((total, len(self.class_names)), np.float32)
-        with torch.inference_mode():
-            patches = torch.cat([self.front_end(to_device(w, self.device))[1] for w in waves]) if waves else None
-            if self.device.startswith("cuda") and patches is not None:
-                patches = patches.contiguous(memory_format=torch.channels_last)
-            with autocast(self.device, self.mixed_precision):
-                step = self.max_patches if self.device.startswith("cuda") else self.max_patches_cpu
-                for start in range(0, total, step):
-                    logits, e = self.model(patches[start:start + step])
-                    emb[start:start + len(e)] = e.float().cpu().numpy()
-                    prob[start:start + len(e)] = torch.sigmoid(logits.float()).cpu().numpy()
+        per_clip: list = [None] * len(waves)
+        order = sorted(range(len(waves)), key=lambda i: -waves[i].size)  # longest first, as the calls below
+
+        def front_end(_, j: int) -> None:
+            with torch.inference_mode():  # per thread
+                per_clip[order[j]] = self.front_end(to_device(waves[order[j]], self.device))[1]
+
+        self._in_parallel(len(waves), front_end)
+        cuda = self.device.startswith("cuda")
+        patches = torch.cat(per_clip) if waves else None
+        if cuda and patches is not None:
+            patches = patches.contiguous(memory_format=torch.channels_last)
+        # a batch's patches stacked into calls of at most max_patches, at least one call per thread
+        step = self.max_patches if cuda else max(1, min(self.max_patches_cpu, -(-total // self._n_parallel)))
+        starts = list(range(0, total, step))
+
+        def one(_, j: int) -> None:
+            start = starts[j]
+            with torch.inference_mode(), autocast(self.device, self.mixed_precision):
+                logits, e = self.model(patches[start:start + step])
+                emb[start:start + len(e)] = e.float().cpu().numpy()
+                prob[start:start + len(e)] = torch.sigmoid(logits.float()).cpu().numpy()
+
+        self._in_parallel(len(starts), one)
         spans = list(pairwise(np.cumsum([0, *counts])))
         clip_emb = np.zeros((len(waves), self.embedding_dim), np.float32)
         clip_prob = np.zeros((len(waves), len(self.class_names)), np.float32)
