@@ -237,7 +237,7 @@ class EfficientATBackbone(TorchBackbone):
     #: (efficientat_dymn.DyMNBackbone) changes these, ``build`` and ``channels_last``
     arch = "mn"
     default_width_mult = 0.4
-    #: channels-last memory layout on CUDA (the dynamic convs of dymn fold the batch into channels instead)
+    #: channels-last memory layout (the dynamic convs of dymn fold the batch into channels instead)
     channels_last = True
 
     @staticmethod
@@ -266,7 +266,9 @@ class EfficientATBackbone(TorchBackbone):
         self.embedding_dim = model.embedding_dim
         self.front_end = MelFrontEnd().to(self.device)
         self.model = model.eval().to(self.device)
-        self._channels_last = self.channels_last and self.device.startswith("cuda")
+        # channels-last on CPU too: mn04's job calls took 0.70-0.89 s on 60 long clips against 0.87-1.06 contiguous,
+        # 0.84-0.95 against 0.96-1.03 on 200 short ones (outputs within 3e-6)
+        self._channels_last = self.channels_last
         if self._channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
 

@@ -383,9 +383,9 @@ class YamnetTorch(TorchBackbone):
             raise WeightsError(f"{path}: does not match the YAMNet architecture: "
                                f"{str(exc).splitlines()[-1].strip()[:200]}") from None
         self.front_end = YamnetFrontEnd().to(self.device)
-        self.model = net.eval().to(self.device)
-        if self.device.startswith("cuda"):
-            self.model = self.model.to(memory_format=torch.channels_last)
+        # channels-last on CPU too: 1.59-1.66 s against 1.82-2.3 contiguous on 60 long clips, 1.04 against
+        # 1.13-1.22 on 200 short ones (a job's parallel calls; outputs within 1.2e-5)
+        self.model = net.eval().to(self.device).to(memory_format=torch.channels_last)
 
     def embed(self, waves: Sequence[np.ndarray], *, return_frames: bool = False,
               batch_size: int | None = None) -> BackboneOutput:
@@ -404,7 +404,7 @@ class YamnetTorch(TorchBackbone):
         self._in_parallel(len(waves), front_end)
         cuda = self.device.startswith("cuda")
         patches = torch.cat(per_clip) if waves else None
-        if cuda and patches is not None:
+        if patches is not None:
             patches = patches.contiguous(memory_format=torch.channels_last)
         # a batch's patches stacked into calls of at most max_patches, at least one call per thread
         step = self.max_patches if cuda else max(1, min(self.max_patches_cpu, -(-total // self._n_parallel)))
