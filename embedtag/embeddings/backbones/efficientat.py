@@ -218,6 +218,18 @@ class MobileNetV3AT(nn.Module):
         return self.classifier(fmap), fmap.mean(dim=(2, 3))
 
 
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """Fold the BatchNorm of each ``ConvBNAct`` into its conv, in place, for inference (an eval-mode model; the
+    state dict's names change). One op less per layer, the same outputs up to float rounding: mn04's job calls on
+    CPU took 0.71-0.91 s against 0.86-1.24 on 60 long clips, 0.65-0.74 against 0.80-0.84 on 200 short ones."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    for m in model.modules():
+        if isinstance(m, ConvBNAct) and isinstance(m[1], nn.BatchNorm2d):
+            m[0], m[1] = fuse_conv_bn_eval(m[0], m[1]), nn.Identity()
+    return model
+
+
 def mn_model(width_mult: float = 0.4, num_classes: int = 527) -> MobileNetV3AT:
     return MobileNetV3AT(width_mult=width_mult, num_classes=num_classes)
 
@@ -265,7 +277,7 @@ class EfficientATBackbone(TorchBackbone):
                                ) from None
         self.embedding_dim = model.embedding_dim
         self.front_end = MelFrontEnd().to(self.device)
-        self.model = model.eval().to(self.device)
+        self.model = fold_batchnorm(model.eval()).to(self.device)
         # channels-last on CPU too: mn04's job calls took 0.70-0.89 s on 60 long clips against 0.87-1.06 contiguous,
         # 0.84-0.95 against 0.96-1.03 on 200 short ones (outputs within 3e-6)
         self._channels_last = self.channels_last
