@@ -331,7 +331,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--whole-process-only", action="store_true", help="only the extract-vs-naive-loop section")
     ap.add_argument("--models", default=",".join(WHOLE_PROCESS_MODELS), help="backbones of the whole-process section")
     ap.add_argument("--limits", help="SHORT,LONG clip counts of the whole-process section")
-    ap.add_argument("--repeats", type=int, default=3, help="whole-process runs of each side (the fastest counts)")
+    ap.add_argument("--repeats", type=int, default=5,
+                    help="whole-process runs of each side, alternating (the fastest counts; 5: this shared VM varies ±20%%)")
     ap.add_argument("--naive", help=argparse.SUPPRESS)  # internal: run one naive loop over --files
     ap.add_argument("--files", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
