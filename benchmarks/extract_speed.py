@@ -15,7 +15,7 @@ Measured in one run, on the real clips in ../shared/data (EMBEDTAG_SHARED moves 
   process (soundfile + soxr decoding, one model call per file): the TFLite interpreter, the TF Hub SavedModel,
   panns_inference, EfficientAT as its upstream inference script does it (mel front end + model per file), and
   yamnet-torch one file per call. Ratios compare runs made back to back in the same run: each side runs
-  ``--repeats`` times (default 3), alternating, and its fastest run counts (the machine is shared).
+  ``--repeats`` times (default 5), alternating, and its fastest run counts (the machine is shared).
 PANNs runs on a Cnn14 checkpoint with seeded random weights in the official format (the real one is not
 reachable here); speed does not depend on the weight values. Results: benchmarks/results/extract_speed.json.
 """
@@ -332,7 +332,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--models", default=",".join(WHOLE_PROCESS_MODELS), help="backbones of the whole-process section")
     ap.add_argument("--limits", help="SHORT,LONG clip counts of the whole-process section")
     ap.add_argument("--repeats", type=int, default=5,
-                    help="whole-process runs of each side, alternating (the fastest counts; 5: this shared VM varies ±20%%)")
+                    help="whole-process runs of each side, alternating (the fastest counts; "
+                         "5: this shared VM varies ±20%%)")
     ap.add_argument("--naive", help=argparse.SUPPRESS)  # internal: run one naive loop over --files
     ap.add_argument("--files", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
