@@ -168,7 +168,7 @@ def test_a_job_runs_single_threaded_calls_in_parallel_then_restores_the_threads(
     call fails the job instead of hanging it."""
     import threading
 
-    from embedtag.embeddings.backbones import _torch_util
+    from embedtag.embeddings.backbones import base
     from embedtag.embeddings.pipeline import encode
 
     names = ("speech001.wav", "knock001.wav", "doorslam001.wav", "keysDrop001.wav", "phone036.wav")
@@ -181,7 +181,7 @@ def test_a_job_runs_single_threaded_calls_in_parallel_then_restores_the_threads(
         return real(x)
 
     monkeypatch.setattr(mn04, "_forward", spy)
-    monkeypatch.setattr(_torch_util, "cpu_cores", lambda: 3)
+    monkeypatch.setattr(base, "cpu_cores", lambda: 3)
     torch.set_num_threads(2)  # the caller's own count
     try:
         emb = encode(files, mn04, batch_size=8)

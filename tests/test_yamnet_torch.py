@@ -102,12 +102,12 @@ def test_conversion_is_cached_checksummed_and_redone_when_the_source_changes(sha
 def test_batched_across_clips_and_batch_invariant(shared_models, home, in_job, monkeypatch):
     """One call after another, or in a job's parallel single-threaded calls (front ends and patch calls spread
     over threads): each clip gets the patches it gets alone."""
-    from embedtag.embeddings.backbones import _torch_util
+    from embedtag.embeddings.backbones import base
 
     bb = load_backbone("yamnet-torch", device="cpu")  # found through the mirror: no weights argument
     rng = np.random.default_rng(3)
     clips = _clips()[:3] + [(0.1 * rng.standard_normal(n)).astype(np.float32) for n in (3000, 15600, 40000, 300000)]
-    monkeypatch.setattr(_torch_util, "cpu_cores", lambda: 3)
+    monkeypatch.setattr(base, "cpu_cores", lambda: 3)
     with bb.cpu_job() if in_job else contextlib.nullcontext():
         assert bb._n_parallel == (3 if in_job else 1)
         together = bb.embed(clips, return_frames=True)

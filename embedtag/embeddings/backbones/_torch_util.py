@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 
 import numpy as np
 
-from embedtag.embeddings.backbones.base import Backbone, BackboneOutput, cpu_cores
+from embedtag.embeddings.backbones.base import Backbone, BackboneOutput
 from embedtag.errors import WeightsError
 
 
@@ -60,7 +60,7 @@ def load_checkpoint_state(path) -> dict:
     return state
 
 
-def split_calls(calls: list[list[int]], n: int) -> list[list[int]]:
+def split_calls(calls: Iterable[list[int]], n: int) -> list[list[int]]:
     """Halve the largest calls until there are ``n`` (a call of one clip stays whole), so every thread of a batch
     has work; rows of a same-length call stay together in each half, so results do not change."""
     calls = list(calls)
@@ -78,8 +78,6 @@ class TorchBackbone(Backbone):
     (clip embeddings, class probabilities, frame embeddings) for a (batch, samples) tensor."""
 
     mixed_precision: bool = True
-    #: most single-threaded calls a job runs in parallel on CPU (one per core, up to this)
-    max_parallel = 8
 
     @contextmanager
     def cpu_job(self):
@@ -98,7 +96,7 @@ class TorchBackbone(Backbone):
             return
         before = torch.get_num_threads()
         torch.set_num_threads(1)
-        self._n_parallel = max(1, min(self.max_parallel, cpu_cores()))
+        self._n_parallel = self.parallel_slots()
         try:
             yield
         finally:
@@ -116,7 +114,7 @@ class TorchBackbone(Backbone):
         emb = np.zeros((len(waves), self.embedding_dim), np.float32)
         scores = np.zeros((len(waves), len(self.class_names)), np.float32)
         frames: list = [None] * len(waves)
-        calls = split_calls(list(same_length_batches(waves, batch_size or self.default_batch_size)), self._n_parallel)
+        calls = split_calls(same_length_batches(waves, batch_size or self.default_batch_size), self._n_parallel)
         calls.sort(key=lambda idx: -len(idx) * len(waves[idx[0]]))  # longest first: no thread waits long at the end
 
         def one(_, j: int) -> None:

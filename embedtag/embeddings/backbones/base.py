@@ -53,6 +53,8 @@ class Backbone(ABC):
     #: few clips are decoded instead of a whole batch. For backbones that call the model per clip anyway (the batch
     #: size buys them nothing); None: every batch is full size
     first_batch_size: int | None = None
+    #: most model calls of one batch that run in parallel on CPU (one per core, up to this; see ``parallel_slots``)
+    max_parallel: int = 8
     #: model calls of one batch run in this many threads at once (see ``_in_parallel``); 1: one after another
     _n_parallel: int = 1
     _executor = None
@@ -74,6 +76,10 @@ class Backbone(ABC):
         may change how it uses the CPU for the job (``TorchBackbone``: single-threaded calls in parallel), and puts
         everything back after it. The default changes nothing."""
         return nullcontext()
+
+    def parallel_slots(self) -> int:
+        """Calls a batch can run in parallel on this machine: one per core, at most ``max_parallel``."""
+        return max(1, min(self.max_parallel, cpu_cores()))
 
     def _in_parallel(self, n_jobs: int, one: Callable, calls: Sequence | None = None) -> None:
         """``one(call, j)`` for every job ``j`` of a batch, spread over ``_n_parallel`` threads (each passes its own

@@ -34,7 +34,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from embedtag.embeddings.backbones.base import Backbone, BackboneOutput, cpu_cores
+from embedtag.embeddings.backbones.base import Backbone, BackboneOutput
 from embedtag.embeddings.registry import yamnet_labels
 from embedtag.embeddings.weights import resolve
 from embedtag.errors import WeightsError
@@ -203,8 +203,6 @@ class YamnetSavedModel(_YamnetBase):
     #: windows per batch: 32 beat 64 both model-only (57.6 vs 51.0 clips/s on 600 real clips) and end to end
     #: (46.8-49.0 vs 44.6-45.4), measured with calls of at most MAX_PACKED_SAMPLES
     default_batch_size = 32
-    #: most packed calls a batch runs in parallel on CPU (one per core, up to this)
-    max_parallel = 8
 
     def __init__(self, spec, weights=None, device="auto", offline=None):
         super().__init__(spec, weights, device, offline)
@@ -221,7 +219,7 @@ class YamnetSavedModel(_YamnetBase):
                 import tensorflow as tf
 
                 if not tf.config.list_physical_devices("GPU"):
-                    self._n_parallel = single_threaded_tf_ops(tf, max(1, min(self.max_parallel, cpu_cores())))
+                    self._n_parallel = single_threaded_tf_ops(tf, self.parallel_slots())
                 self._model = tf.saved_model.load(str(path))
         except ImportError:
             raise
@@ -295,8 +293,6 @@ class YamnetLite(_YamnetBase):
     """YAMNet via the TFLite file and ai-edge-litert (falls back to tf.lite when only TensorFlow is there)."""
 
     gpu_capable = False
-    #: most single-threaded interpreters a batch runs on in parallel (one per core, up to this)
-    max_parallel = 8
 
     def warmup(self) -> None:
         pass
@@ -314,7 +310,7 @@ class YamnetLite(_YamnetBase):
         if path.is_dir():
             path = path / "yamnet.tflite"
         self._interpreter_cls, self._path = Interpreter, path
-        self._n_parallel = max(1, min(self.max_parallel, cpu_cores()))
+        self._n_parallel = self.parallel_slots()
         # a call per clip: small first batches cost nothing and let the model start while decoding goes on
         self.first_batch_size = 2 * self._n_parallel
         # a batch runs on single-threaded interpreters (made on first use); a lone clip on one with every core
