@@ -13,12 +13,13 @@ DATA ?=
 MODEL ?= efficientat-mn04
 OUT ?= demo_out
 
-.PHONY: venv demo test test-deps bench clean help
+.PHONY: venv demo test test-deps bench gpu-wheels clean help
 
 help:
 	@echo "make demo [DATA=dir] [MODEL=efficientat-mn04]   extract real audio end to end (creates .venv)"
 	@echo "make test                              run the test suite (creates .venv)"
 	@echo "make bench                             regenerate benchmarks/results and benchmarks/README.md"
+	@echo "make gpu-wheels                        wheels the GPU check needs on a machine without a registry (.whl/)"
 
 venv: $(VENV)/.installed
 
@@ -46,6 +47,10 @@ demo: venv
 
 bench: venv
 	$(BIN)/python -m benchmarks.run_all
+
+# The GPU machines lent to sessions reach no registry: their image has CUDA torch but no audio I/O (see the script).
+gpu-wheels: venv
+	bash benchmarks/gpu_wheels.sh
 
 clean:
 	rm -rf $(OUT) .pytest_cache

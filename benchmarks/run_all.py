@@ -408,7 +408,10 @@ def render_readme(results_dir: Path = RESULTS) -> str:
     if not (results_dir / "gpu_check.json").is_file():  # GPU runs need a GPU machine, so run_all never makes them
         tail += ("\n## GPU\n\nGPU numbers are not measured yet: no run of `benchmarks/gpu_check.sh` (< 8 minutes on "
                  "one GPU; fp16 autocast vs fp32, batch sizes, decoding workers, fine-tune AMP vs fp32, peak GPU "
-                 "memory) has been committed to `results/gpu_check.json`. Every number above is from a CPU.\n")
+                 "memory) has been committed to `results/gpu_check.json`. Every number above is from a CPU. A session "
+                 "lent a GPU machine runs `bash benchmarks/gpu_wheels.sh` here (the audio packages that machine's "
+                 "image lacks, into `.whl/`), then on the machine, carrying `.whl`: `bash benchmarks/gpu_check.sh "
+                 "--out $OUT/gpu_check.json`, and commits that file as `results/gpu_check.json`.\n")
     prov = provenance(results_dir)
     return head + "\n" + (prov + "\n" if prov else "") + "\n".join(sections) + tail
 

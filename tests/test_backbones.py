@@ -235,10 +235,13 @@ def test_gpu_check_smoke_runs_on_cpu_and_writes_its_json(tmp_path):
     from conftest import REPO
 
     out = tmp_path / "gpu_check.json"
+    wheels, site = tmp_path / "wheels", tmp_path / "site"
+    _probe_wheel(wheels)  # stands in for benchmarks/gpu_wheels.sh's downloads (tests reach no registry)
     r = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--smoke", "--models",
                         "efficientat-mn04", "--out", str(out)], capture_output=True, text=True, timeout=300,
-                       env=dict(os.environ, PYTHON=sys.executable))
+                       env=dict(os.environ, PYTHON=sys.executable, WHEEL_DIR=str(wheels), GPU_SITE_DIR=str(site)))
     assert r.returncode == 0, r.stderr[-2000:]
+    assert (site / "embedtag_wheel_probe.py").read_text() == "PROBE = 1\n"  # the carried wheels were installed
     res = json.loads(out.read_text())
     assert res["smoke"] and res["machine"]["device"] in ("cpu", "cuda") and not res["skipped"]
     mn04 = res["backbones"]["efficientat-mn04"]
@@ -248,6 +251,38 @@ def test_gpu_check_smoke_runs_on_cpu_and_writes_its_json(tmp_path):
         e2e = mn04[f"end_to_end_{set_name}"]
         assert e2e and all(r["clips"] == res["sizes"][f"n_{set_name}"] and r["e2e_over_model_only"] > 0 for r in e2e)
     assert res["finetune"]["amp"]["steps_per_s"] > 0 and res["finetune"]["fp32"]["steps_per_s"] > 0
+
+
+def _probe_wheel(folder) -> None:
+    """A minimal pure-Python wheel (module ``embedtag_wheel_probe``), as pip download would leave one."""
+    import zipfile
+
+    folder.mkdir(parents=True)
+    info = "embedtag_wheel_probe-1.0.dist-info"
+    with zipfile.ZipFile(folder / "embedtag_wheel_probe-1.0-py3-none-any.whl", "w") as z:
+        z.writestr("embedtag_wheel_probe.py", "PROBE = 1\n")
+        z.writestr(f"{info}/METADATA", "Metadata-Version: 2.1\nName: embedtag-wheel-probe\nVersion: 1.0\n")
+        z.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        z.writestr(f"{info}/RECORD", f"embedtag_wheel_probe.py,,\n{info}/METADATA,,\n{info}/WHEEL,,\n{info}/RECORD,,\n")
+
+
+def test_gpu_check_stops_at_once_when_audio_io_does_not_import(tmp_path):
+    """On a machine whose image lacks soundfile (the lent GPU machines), the check says so and which script brings
+    the wheels, in seconds, before any measurement (and writes no JSON)."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    (tmp_path / "soundfile.py").write_text("raise ImportError('no libsndfile here')\n")
+    out = tmp_path / "gpu_check.json"
+    r = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--smoke", "--out", str(out)],
+                       capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, PYTHON=sys.executable, PYTHONPATH=str(tmp_path),
+                                WHEEL_DIR=str(tmp_path / "none")))
+    assert r.returncode != 0
+    assert "cannot import soundfile (ImportError: no libsndfile here)" in r.stderr
+    assert "gpu_wheels.sh" in r.stderr and not out.exists()
 
 
 @pytest.mark.parametrize("model", ["efficientat-mn04", "efficientat-dymn04", "panns-cnn14"])
