@@ -202,3 +202,33 @@ def test_a_job_runs_single_threaded_calls_in_parallel_then_restores_the_threads(
     with mn04.cpu_job(), pytest.raises(RuntimeError, match="forward failed"):
         mn04.embed([_clip(shared_data, n) for n in names] + [np.zeros(200_000, np.float32)])
     assert mn04._n_parallel == 1
+
+
+def test_cpu_calls_hold_at_most_max_call_s_cpu_of_audio_with_the_same_embeddings(mn04, shared_data, monkeypatch):
+    """On CPU a batch of equal-length windows is cut into calls of at most ``max_call_s_cpu`` seconds (one window
+    at least), which changes no embedding: rows of a same-length call are independent."""
+    from embedtag.embeddings.backbones._torch_util import same_length_batches
+
+    waves = [np.zeros(n, np.float32) for n in (100, 100, 100, 100, 100, 40, 40, 400)]
+    assert list(same_length_batches(waves, 32)) == [[0, 1, 2, 3, 4], [5, 6], [7]]
+    assert list(same_length_batches(waves, 32, max_samples=200)) == [[0, 1], [2, 3], [4], [5, 6], [7]]
+    assert list(same_length_batches(waves, 2, max_samples=10_000)) == [[0, 1], [2, 3], [4], [5, 6], [7]]
+
+    speech = _clip(shared_data, "speech001.wav")
+    seven_s = [np.resize(np.roll(speech, 997 * k), 7 * 32000).astype(np.float32) for k in range(6)]
+    ten_s = [np.resize(np.roll(speech, 1009 * k), 10 * 32000).astype(np.float32) for k in range(3)]
+    rows, real = [], mn04._forward
+
+    def spy(x):
+        rows.append((x.shape[0], x.shape[-1]))
+        return real(x)
+
+    monkeypatch.setattr(mn04, "_forward", spy)
+    assert mn04.max_call_s_cpu == 15.0
+    together = mn04.embed(seven_s + ten_s).embeddings
+    assert sorted(rows) == [(1, 320000)] * 3 + [(2, 224000)] * 3  # 14 s and 10 s calls, none of 42 or 30 s
+    monkeypatch.setattr(mn04, "max_call_s_cpu", None)
+    rows.clear()
+    whole = mn04.embed(seven_s + ten_s).embeddings
+    assert sorted(rows) == [(3, 320000), (6, 224000)]  # only the batch size limits a call
+    np.testing.assert_allclose(together, whole, atol=1e-5)

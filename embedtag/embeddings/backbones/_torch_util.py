@@ -12,8 +12,10 @@ from embedtag.embeddings.backbones.base import Backbone, BackboneOutput
 from embedtag.errors import WeightsError
 
 
-def same_length_batches(waves: Sequence[np.ndarray], batch_size: int) -> Iterator[list[int]]:
-    """Indices grouped by exact length, at most ``batch_size`` each.
+def same_length_batches(waves: Sequence[np.ndarray], batch_size: int,
+                        max_samples: int | None = None) -> Iterator[list[int]]:
+    """Indices grouped by exact length, at most ``batch_size`` each, and at most ``max_samples`` samples in all
+    (never fewer than one clip).
 
     Convolutions see padding, so a clip padded to its batch's longest member gets another embedding; grouping
     by exact length keeps every row equal to the clip embedded alone (full windows of long files share a length,
@@ -22,9 +24,10 @@ def same_length_batches(waves: Sequence[np.ndarray], batch_size: int) -> Iterato
     by_len: dict[int, list[int]] = defaultdict(list)
     for i, w in enumerate(waves):
         by_len[w.shape[0]].append(i)
-    for idx in by_len.values():
-        for start in range(0, len(idx), batch_size):
-            yield idx[start:start + batch_size]
+    for n, idx in by_len.items():
+        step = batch_size if max_samples is None else max(1, min(batch_size, max_samples // max(1, n)))
+        for start in range(0, len(idx), step):
+            yield idx[start:start + step]
 
 
 def to_device(batch: np.ndarray, device: str):
@@ -78,6 +81,10 @@ class TorchBackbone(Backbone):
     (clip embeddings, class probabilities, frame embeddings) for a (batch, samples) tensor."""
 
     mixed_precision: bool = True
+    #: on CPU, at most this many seconds of audio in one model call (None: only the batch size limits it). Calls
+    #: holding more allocate activations too large for malloc to reuse: each call maps fresh pages and faults them
+    #: in (see the subclasses' measurements)
+    max_call_s_cpu: float | None = None
 
     @contextmanager
     def cpu_job(self):
@@ -114,7 +121,9 @@ class TorchBackbone(Backbone):
         emb = np.zeros((len(waves), self.embedding_dim), np.float32)
         scores = np.zeros((len(waves), len(self.class_names)), np.float32)
         frames: list = [None] * len(waves)
-        calls = split_calls(same_length_batches(waves, batch_size or self.default_batch_size), self._n_parallel)
+        cap = None if self.device.startswith("cuda") or not self.max_call_s_cpu else \
+            int(self.max_call_s_cpu * self.sample_rate)
+        calls = split_calls(same_length_batches(waves, batch_size or self.default_batch_size, cap), self._n_parallel)
         calls.sort(key=lambda idx: -len(idx) * len(waves[idx[0]]))  # longest first: no thread waits long at the end
 
         def one(_, j: int) -> None:

@@ -251,6 +251,11 @@ class EfficientATBackbone(TorchBackbone):
     default_width_mult = 0.4
     #: channels-last memory layout (the dynamic convs of dymn fold the batch into channels instead)
     channels_last = True
+    #: 15 s of audio per CPU call: mn04's calls on 60 real ~7 s clips took 0.34-0.36 s at 2 clips a call against
+    #: 0.44-0.46 at 4 and 0.49-0.61 at up to 32 (150k-290k page faults a pass against ~20); on 10 s windows 0.33 s
+    #: at 1 against 0.45 at 2 and 0.54-0.60 at 32; mn10 and dymn04 alike; short clips (200) lost nothing (8 per
+    #: call 0.43 s, 32 per call 0.45)
+    max_call_s_cpu = 15.0
 
     @staticmethod
     def build(width_mult: float, num_classes: int) -> nn.Module:

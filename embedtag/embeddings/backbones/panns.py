@@ -51,6 +51,9 @@ class PannsBackbone(TorchBackbone):
     embedding_dim = 2048
     min_samples = 32000  # five 2x time poolings need >= ~1 s of frames
     default_batch_size = 16
+    #: 20 s of audio per CPU call: Cnn14 on 12 windows of 10 s took 3.2 s at 2 a call against 3.6 at 1 and 4.1
+    #: at 4; on 24 clips of ~7 s 4.9-5.0 s at 2 or 4 a call against 5.6 at 1 (see TorchBackbone.max_call_s_cpu)
+    max_call_s_cpu = 20.0
 
     def __init__(self, spec, weights=None, device="auto", offline=None, mixed_precision: bool = True):
         import torch
