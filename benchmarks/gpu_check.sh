@@ -7,10 +7,7 @@
 # move them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY="${PYTHON:-}"
-if [ -z "$PY" ]; then
-  if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
-fi
+source benchmarks/_python.sh
 WHEELS="${WHEEL_DIR:-.whl}"
 if compgen -G "$WHEELS/*.whl" >/dev/null; then
   SITE="${GPU_SITE_DIR:-${TMPDIR:-/tmp}/embedtag-gpu-site}"

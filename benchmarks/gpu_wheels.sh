@@ -8,10 +8,7 @@
 # GPU_PYTHON_VERSION picks another interpreter version (the tests' stand-in for the GPU image uses this one's).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY="${PYTHON:-}"
-if [ -z "$PY" ]; then
-  if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
-fi
+source benchmarks/_python.sh
 PYVER="${GPU_PYTHON_VERSION:-3.12}"
 DEST="${WHEEL_DIR:-.whl}"
 # The versions the test suite runs here. soundfile (+ cffi, pycparser) and soxr: decoding, i.e. every backbone;
