@@ -5,7 +5,8 @@
 # there, so the device call carries it:
 #   bash benchmarks/gpu_wheels.sh                  # here, once (~2.3 MB)
 #   device run, carry [".whl"]: bash benchmarks/gpu_check.sh --out "$OUT/gpu_check.json"
-# GPU_PYTHON_VERSION picks another interpreter version (the tests' stand-in for the GPU image uses this one's).
+# GPU_PYTHON_VERSION picks another interpreter version (e.g. this machine's, to try the wheels on a venv that
+# holds only the image's packages); WHEEL_DIR another folder.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source benchmarks/_python.sh
