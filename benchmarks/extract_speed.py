@@ -6,7 +6,9 @@ Measured in one run, on the real clips in ../shared/data (EMBEDTAG_SHARED moves 
 - end-to-end `extract` (decode in threads + batched inference + Parquet shards, at its defaults) for YAMNet and
   PANNs Cnn14, against model-only throughput on pre-decoded audio at the best batch size (and thread use) tried:
   both on one loaded, warmed-up backbone, in ``--rounds`` alternating rounds (default 5), the fastest of each side
-  counting; the first extract is kept as ``first_run_clips_per_s``;
+  counting; the first extract is kept as ``first_run_clips_per_s``; each round also runs extract with the model
+  call replaced by zeros (``pipeline_only``: decoding, windows, pooling, store), whose CPU seconds against
+  model-only's give ``cpu_ceiling``, the ratio reachable when that work shares the model's cores;
 - the naive peers: `librosa.load` + `tensorflow_hub` YAMNet one file per call, and `librosa.load` +
   `panns_inference.AudioTagging.inference` one file per call;
 - peak memory (max RSS of a fresh process) of `extract` over 1x and 4x the clips;
@@ -28,6 +30,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -94,25 +97,53 @@ def _model_windows(files: list[Path], bb) -> tuple[list[np.ndarray], float]:
     return windows, audio_s
 
 
-def _model_only_once(bb, windows: list[np.ndarray], n_clips: int, batch_sizes: list[int]) -> dict[str, float]:
+def _cpu_s() -> float:
+    """CPU seconds this process has used so far, all threads (user + system)."""
+    t = os.times()
+    return t.user + t.system
+
+
+def _model_only_once(bb, windows: list[np.ndarray], n_clips: int, batch_sizes: list[int]) -> tuple[dict, dict]:
     """clips/s of backbone.embed on pre-decoded windows, for every batch size, and for a backbone that changes how
-    it uses the CPU in a job (Backbone.cpu_job) both plain calls (the library's own threads) and the job's way."""
+    it uses the CPU in a job (Backbone.cpu_job) both plain calls (the library's own threads) and the job's way;
+    and the CPU seconds each setting used."""
     from embedtag.embeddings.backbones.base import Backbone
 
     ways = ["plain", "cpu_job"] if type(bb).cpu_job is not Backbone.cpu_job else ["plain"]
-    got = {}
+    got, cpu = {}, {}
     for way in ways:
         with bb.cpu_job() if way == "cpu_job" else contextlib.nullcontext():
             for bs in batch_sizes:
-                t = time.perf_counter()
+                key = f"{bs}" if len(ways) == 1 else f"{bs} {way}"
+                t, c = time.perf_counter(), _cpu_s()
                 for i in range(0, len(windows), bs):
                     bb.embed(windows[i:i + bs])
-                got[f"{bs}" if len(ways) == 1 else f"{bs} {way}"] = n_clips / (time.perf_counter() - t)
-    return got
+                got[key] = n_clips / (time.perf_counter() - t)
+                cpu[key] = _cpu_s() - c
+    return got, cpu
+
+
+def _pipeline_only_once(bb, files_dir: Path, tmp: Path) -> dict:
+    """``extract`` with the model call replaced by zeros of the right shape: what decoding, windowing, pooling
+    and the store cost on their own (CPU seconds of all threads, and wall time)."""
+    from embedtag.embeddings.backbones.base import BackboneOutput
+
+    def no_model(waves, **_):
+        n = len(waves)
+        return BackboneOutput(np.zeros((n, bb.embedding_dim), np.float32),
+                              np.zeros((n, len(bb.class_names)), np.float32), None)
+
+    bb.embed = no_model  # an instance attribute, shadowing the method until deleted
+    try:
+        c = _cpu_s()
+        r = _extract_once(bb, files_dir, tmp)
+        return {"cpu_s": _cpu_s() - c, "elapsed_s": r["elapsed_s"]}
+    finally:
+        del bb.embed
 
 
 def e2e_and_model_only(files: list[Path], files_dir: Path, model: str, tmp: Path, batch_sizes: list[int],
-                       repeats: int = 5) -> tuple[dict, dict]:
+                       repeats: int = 5) -> tuple[dict, dict, dict]:
     """End-to-end ``extract`` (its defaults) and model-only throughput on one loaded, warmed-up backbone, in
     ``repeats`` alternating rounds; the fastest round of each counts.
 
@@ -126,17 +157,35 @@ def e2e_and_model_only(files: list[Path], files_dir: Path, model: str, tmp: Path
     windows, audio_s = _model_windows(files, bb)
     bb.warmup()  # one-off first-call costs (graph tracing, buffers) paid before timing either side
     bb.embed(windows[:4])
-    e2e_runs, mo_runs = [], []
+    e2e_runs, mo_runs, mo_cpu, pipe_runs = [], [], [], []
     for _ in range(repeats):
-        e2e_runs.append(_extract_once(bb, files_dir, tmp))
-        mo_runs.append(_model_only_once(bb, windows, len(files), batch_sizes))
+        c = _cpu_s()
+        e2e_runs.append({**_extract_once(bb, files_dir, tmp), "cpu_s": _cpu_s() - c})
+        got, cpu = _model_only_once(bb, windows, len(files), batch_sizes)
+        mo_runs.append(got)
+        mo_cpu.append(cpu)
+        pipe_runs.append(_pipeline_only_once(bb, files_dir, tmp))
     e2e = {**max(e2e_runs, key=lambda r: r["clips_per_s"]), "first_run_clips_per_s": e2e_runs[0]["clips_per_s"],
-           "rounds_clips_per_s": [r["clips_per_s"] for r in e2e_runs]}
+           "rounds_clips_per_s": [r["clips_per_s"] for r in e2e_runs], "rounds_cpu_s": [r["cpu_s"] for r in e2e_runs]}
     best = {k: max(r[k] for r in mo_runs) for k in mo_runs[0]}
     key = max(best, key=best.get)
+    # the setting extract itself runs (its default batch, in its cpu_job where the backbone has one)
+    ways = " cpu_job" if any(k.endswith(" cpu_job") for k in best) else ""
+    extract_key = f"{bb.default_batch_size}{ways}"
     mo = {"clips_per_s": best[key], "best_setting": key, "by_batch_size": best, "audio_s": audio_s,
-          "rounds_best_clips_per_s": [max(r.values()) for r in mo_runs]}
-    return e2e, mo
+          "rounds_best_clips_per_s": [max(r.values()) for r in mo_runs], "extract_setting": extract_key,
+          "rounds_cpu_s_extract_setting": [c.get(extract_key, c[key]) for c in mo_cpu]}
+    pipe = {"what": "extract with the model call replaced by zeros: decoding, windows, pooling, store",
+            "rounds_cpu_s": [r["cpu_s"] for r in pipe_runs], "rounds_elapsed_s": [r["elapsed_s"] for r in pipe_runs]}
+    return e2e, mo, pipe
+
+
+def cpu_ceiling(mo: dict, pipe: dict) -> float:
+    """The end-to-end / model-only ratio reachable when the pipeline's own CPU work shares the model's cores and
+    nothing else is lost: model CPU / (model CPU + pipeline CPU), medians of the rounds. Where the model keeps
+    every core busy (2 cores here) decoding has nowhere else to run; with spare cores the ceiling is 1."""
+    m, p = statistics.median(mo["rounds_cpu_s_extract_setting"]), statistics.median(pipe["rounds_cpu_s"])
+    return m / (m + p)
 
 
 def peer_yamnet_hub(files: list[Path]) -> dict:
@@ -390,11 +439,16 @@ def main(argv: list[str] | None = None) -> dict:
                                 "panns_inference.AudioTagging, one file per call (librosa.load)")):
             files = clip_files(n)
             d = link_dir(files, tmp / f"clips_{model}")
-            e2e, mo = e2e_and_model_only(files, d, model, tmp, [8, 32, 64] if model == "yamnet" else [4, 16],
-                                         repeats=args.rounds)
+            e2e, mo, pipe = e2e_and_model_only(files, d, model, tmp,
+                                               [8, 32, 64] if model == "yamnet" else [4, 16], repeats=args.rounds)
             p = peer_yamnet_hub(files) if model == "yamnet" else peer_panns_inference(files, ckpt)
-            results[model] = {"clips": len(files), "end_to_end": e2e, "model_only": mo, "peer": {"what": peer, **p},
+            med = statistics.median
+            results[model] = {"clips": len(files), "end_to_end": e2e, "model_only": mo, "pipeline_only": pipe,
+                              "peer": {"what": peer, **p},
                               "e2e_over_model_only": e2e["clips_per_s"] / mo["clips_per_s"],
+                              "e2e_over_model_only_median": med(e2e["rounds_clips_per_s"])
+                              / med(mo["rounds_best_clips_per_s"]),
+                              "cpu_ceiling": cpu_ceiling(mo, pipe),
                               "e2e_over_peer": e2e["clips_per_s"] / p["clips_per_s"]}
             print(model, json.dumps(results[model], indent=1, default=float), flush=True)
         files = clip_files(n_yam // 2)
