@@ -288,3 +288,18 @@ def test_top_level_api_is_listed_documented_and_lazy():
     assert embedtag.fit_head is fit_head and embedtag.load_predictor is load_predictor
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         embedtag.nope  # noqa: B018
+
+
+def test_cli_freezes_the_collector_at_exit_once_per_process():
+    # at exit the objects made so far are frozen before the interpreter's last collections (which would walk all
+    # of PyTorch's), once however often main() ran; a handler registered before main() runs after that
+    code = ("import atexit, gc\nfrom embedtag.cli import main\nreal, calls = gc.freeze, []\n"
+            "gc.freeze = lambda: (calls.append(1), real())\n"
+            "atexit.register(lambda: print('CALLS', len(calls), 'FROZEN', gc.get_freeze_count() > 1000))\n"
+            "for _ in range(2):\n    try:\n        main(['models'])\n    except SystemExit:\n        pass\n"
+            "print('BEFORE EXIT', len(calls), gc.get_freeze_count())")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert r.returncode == 0, r.stderr[-500:]
+    assert "BEFORE EXIT 0 0" in r.stdout
+    assert r.stdout.rstrip().endswith("CALLS 1 FROZEN True"), r.stdout[-300:]
