@@ -378,9 +378,10 @@ def whole_process_note(rows: list[dict], repeats: int) -> str:
                  "machine those OpenMP threads busy-wait against the other work, which is most of extract's lead "
                  "over them (extract runs single-threaded calls in parallel, one per core; model_only.by_batch_size "
                  "shows plain calls against those). On an idle machine that lead would be smaller. ")
-    text += ("Part of extract's lead on the PyTorch and TensorFlow backbones is its exit: the CLI freezes the "
-             "garbage collector before the interpreter's teardown (~0.35 s after importing PyTorch), which the "
-             "naive scripts do not. ")
+    if any(r["model"] in torch_models | {"yamnet"} for r in rows):  # TFLite's interpreter leaves little to walk
+        text += ("Part of extract's lead on the PyTorch and TensorFlow backbones is its exit: the CLI freezes the "
+                 "garbage collector before the interpreter's teardown (~0.35 s after importing PyTorch), which the "
+                 "naive scripts do not. ")
     if not losers:
         return text + "extract beat the naive loop for every backbone on both sets."
     return text + ("Slower than the naive loop: " + "; ".join(losers) + ". Where the model's calls are cheap "
